@@ -1,0 +1,121 @@
+"""Every session the project has.
+
+    nox -s ci                 what CI runs (.ci/run calls it)
+    nox -s "tests(package='lite-devices')"   one package, alone, from a built wheel
+    nox -s integration        the facade across the combination matrix
+    nox -s lint               ruff check, ruff format --check, mypy, the import-direction check
+
+Each test session installs only a package's in-repo closure, built as wheels from this
+checkout (never from an index: an in-repo name always comes from here), plus torch pinned
+to ``LITE_TORCH`` (default ``torch==2.13.0``) and the test tools.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES_DIR = ROOT / "packages"
+PACKAGES = [
+    "lite-devices",
+    "lite-precision",
+    "lite-collectives",
+    "lite-data",
+    "lite-strategies",
+    "lite-facade",
+]
+TORCH = os.environ.get("LITE_TORCH", "torch==2.13.0")
+PYTHON = os.environ.get("LITE_PYTHON", "3.11")
+TEST_TOOLS = ["pytest>=8", "pytest-timeout", "hypothesis", "numpy"]
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.sessions = ["ci"]
+
+# uv does not read pip's configuration: hand it pip's find-links (where a local torch build
+# may lie) and keep it from downloading Pythons.
+if os.environ.get("PIP_FIND_LINKS") and not os.environ.get("UV_FIND_LINKS"):
+    os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
+os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+
+
+def _in_repo_deps(package: str) -> list[str]:
+    """The in-repo packages that ``package`` declares as dependencies (direct only)."""
+    meta = tomllib.loads((PACKAGES_DIR / package / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0] for dep in meta.get("dependencies", [])]
+    return [n for n in names if (PACKAGES_DIR / n / "pyproject.toml").exists()]
+
+
+def closure(package: str) -> list[str]:
+    """``package`` and every in-repo package it needs, dependencies first."""
+    seen: list[str] = []
+
+    def visit(name: str) -> None:
+        for dep in _in_repo_deps(name):
+            visit(dep)
+        if name not in seen:
+            seen.append(name)
+
+    visit(package)
+    return seen
+
+
+def install_wheels(session: nox.Session, packages: list[str], *extra: str) -> None:
+    """Build ``packages`` as wheels from this checkout and install them with torch and ``extra``.
+
+    The wheels are passed by path, so the resolver takes every in-repo name from here.
+    """
+    out = Path(session.create_tmp()) / "wheels"
+    if out.exists():
+        for old in out.glob("*.whl"):
+            old.unlink()
+    for name in packages:
+        session.run("uv", "build", "--quiet", "--wheel", "--out-dir", str(out), str(PACKAGES_DIR / name), external=True)
+    wheels = sorted(str(w) for w in out.glob("*.whl"))
+    session.install(*wheels, TORCH, *extra)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", PACKAGES)
+def tests(session: nox.Session, package: str) -> None:
+    """Run one package's tests with only that package's closure installed (built wheels)."""
+    install_wheels(session, [*closure(package), "lite-testing"], *TEST_TOOLS)
+    tests_dir = PACKAGES_DIR / package / "tests"
+    session.run("pytest", str(tests_dir), *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    readme_example = tests_dir / "readme_example.py"
+    if readme_example.exists():
+        # The README's stand-alone example, under a real launcher with two processes.
+        session.run("python", "-m", "torch.distributed.run", "--nproc_per_node", "2", str(readme_example))
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """The facade across every combination this machine can run."""
+    install_wheels(session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS, "scikit-learn", "tqdm")
+    session.run("pytest", str(ROOT / "integration_tests"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check, ruff format --check, mypy on every package's src, and the import-direction check."""
+    session.install("ruff", "mypy", TORCH, "pytest", "numpy")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    src_dirs = [str(PACKAGES_DIR / p / "src") for p in [*PACKAGES, "lite-testing"]]
+    modules = [arg for p in PACKAGES for arg in ("-p", p.replace("-", "_"))]
+    session.run("mypy", *modules, env={"MYPYPATH": os.pathsep.join(src_dirs)})
+    session.run("python", str(ROOT / ".ci" / "check_imports.py"))
+
+
+@nox.session(python=False)
+def ci(session: nox.Session) -> None:
+    """What CI runs: lint, every package alone, the integration matrix."""
+    session.notify("lint")
+    for package in PACKAGES:
+        session.notify(f"tests(package='{package}')")
+    session.notify("integration")
