@@ -1,0 +1,3 @@
+"""lite_collectives."""
+
+__all__: list[str] = []

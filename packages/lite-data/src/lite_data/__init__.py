@@ -1,0 +1,3 @@
+"""lite_data."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""lite_devices."""
+
+__all__: list[str] = []

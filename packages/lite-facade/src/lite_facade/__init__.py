@@ -1,0 +1,3 @@
+"""lite_facade."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""lite_precision."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""lite_strategies."""
+
+__all__: list[str] = []
