@@ -1,3 +1,23 @@
-"""lite_data."""
+"""lite_data: distributed sampling for any DataLoader, a loader that yields batches on a device,
+seeding of processes and DataLoader workers, and resumable sampling state.
 
-__all__: list[str] = []
+Depends on torch and lite_devices only; NumPy is seeded when installed, never required.
+"""
+
+from lite_data._distributed import distributed_dataloader, has_iterable_dataset
+from lite_data._errors import DataLoaderError, SeedError
+from lite_data._loader import DeviceDataLoader
+from lite_data._sampler import DistributedSamplerWrapper
+from lite_data._seed import reset_seed, seed_everything, worker_init_function
+
+__all__ = [
+    "DataLoaderError",
+    "DeviceDataLoader",
+    "DistributedSamplerWrapper",
+    "SeedError",
+    "distributed_dataloader",
+    "has_iterable_dataset",
+    "reset_seed",
+    "seed_everything",
+    "worker_init_function",
+]

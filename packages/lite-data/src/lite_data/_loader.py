@@ -1,0 +1,184 @@
+"""A DataLoader wrapper that moves batches to a device, sets the sampler's epoch and can resume mid-epoch."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lite_data._errors import DataLoaderError
+from lite_data._seed import seed_workers_requested, worker_init_function
+from lite_devices import move_to_device
+
+_STATE_KEYS = ("epoch", "batches_yielded")
+
+
+def _samplers(dataloader: DataLoader[Any]) -> list[Any]:
+    """The loader's sampler, batch sampler and the batch sampler's sampler, each once."""
+    found: list[Any] = []
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    for candidate in (
+        getattr(dataloader, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    ):
+        if candidate is not None and all(candidate is not f for f in found):
+            found.append(candidate)
+    return found
+
+
+class DeviceDataLoader:
+    """Iterate ``dataloader`` with every batch moved to ``device`` (``None``: batches untouched).
+
+    Each new iteration is a new epoch: it calls ``set_epoch(epoch)`` on the loader's
+    (batch) sampler where there is one, so a :class:`~torch.utils.data.DistributedSampler`
+    reshuffles without the user calling it. ``len()`` is the original's, ``.dataloader``
+    is the original, and other attributes are read from it. :meth:`state_dict` and
+    :meth:`load_state_dict` resume a run mid-epoch with the very next batch.
+
+    >>> loader = DeviceDataLoader(DataLoader(range(6), batch_size=2), device="cpu")
+    >>> [batch.tolist() for batch in loader]
+    [[0, 1], [2, 3], [4, 5]]
+    """
+
+    def __init__(self, dataloader: DataLoader[Any], device: torch.device | str | int | None = None) -> None:
+        if isinstance(dataloader, DeviceDataLoader):
+            dataloader = dataloader.dataloader
+        self.dataloader = dataloader
+        try:
+            self.device = None if device is None else torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise DataLoaderError(
+                f"DeviceDataLoader(device={device!r}): not a device ({exc}); pass a torch.device, "
+                "a string such as 'cpu' or 'cuda:0', or None to leave batches where they are."
+            ) from None
+        self._epoch = 0  # the epoch of the current (or next) iteration
+        self._batches_yielded = 0  # in that epoch
+        self._in_epoch = False  # an iteration of ``_epoch`` has started and not finished
+        self._skip = 0  # batches to skip at the next iteration (set by load_state_dict)
+        self._generator_states: list[torch.Tensor] | None = None  # at the start of ``_epoch``
+        self._restore_generators: list[torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataloader)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails; guard against lookups before __init__ ran (unpickling).
+        if name == "dataloader":
+            raise AttributeError(name)
+        return getattr(self.dataloader, name)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the current iteration, or of the next one when none is in progress."""
+        return self._epoch
+
+    def _generators(self) -> list[torch.Generator]:
+        found: list[torch.Generator] = []
+        for owner in (self.dataloader, *_samplers(self.dataloader)):
+            gen = getattr(owner, "generator", None)
+            if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+                found.append(gen)
+        return found
+
+    def _distributed_sampler(self) -> DistributedSampler[Any] | None:
+        for sampler in _samplers(self.dataloader):
+            if isinstance(sampler, DistributedSampler):
+                return sampler
+        return None
+
+    def _start_epoch(self) -> None:
+        if self._in_epoch:  # the previous iteration was left early: this is a new epoch
+            self._epoch += 1
+        self._in_epoch = True
+        self._batches_yielded = 0
+        for sampler in _samplers(self.dataloader):
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self._epoch)
+        generators = self._generators()
+        if self._restore_generators is not None and len(self._restore_generators) == len(generators):
+            for gen, state in zip(generators, self._restore_generators):
+                gen.set_state(state)
+        self._restore_generators = None
+        self._generator_states = [gen.get_state() for gen in generators]
+        loader = self.dataloader
+        if loader.num_workers > 0 and loader.worker_init_fn is None and seed_workers_requested():
+            sampler = self._distributed_sampler()
+            rank = sampler.rank if sampler is not None else None
+            loader.worker_init_fn = functools.partial(worker_init_function, rank=rank)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._start_epoch()
+        skip, self._skip = self._skip, 0
+        device = self.device
+        non_blocking = bool(device is not None and device.type == "cuda" and self.dataloader.pin_memory)
+        for batch in self.dataloader:
+            if skip:  # resuming: these batches were consumed before the state was saved
+                skip -= 1
+                self._batches_yielded += 1
+                continue
+            if device is not None:
+                batch = move_to_device(batch, device, non_blocking=non_blocking)
+            self._batches_yielded += 1
+            yield batch
+        self._in_epoch = False
+        self._epoch += 1
+        self._batches_yielded = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where sampling stands: ``epoch``, ``batches_yielded`` in it, and what fixes its order.
+
+        The order is fixed by ``set_epoch`` on a distributed sampler (``sampler_seed``,
+        ``num_replicas``, ``rank`` are saved) and by the loader's and sampler's
+        ``torch.Generator`` states at the start of the epoch (``generator_states``). A loader
+        that shuffles with the global RNG and no generator resumes at the right batch count,
+        but not in the same order.
+        """
+        sampler = self._distributed_sampler()
+        if self._in_epoch:
+            generator_states = self._generator_states
+        else:
+            generator_states = [gen.get_state() for gen in self._generators()]
+        return {
+            "epoch": self._epoch,
+            "batches_yielded": self._batches_yielded if self._in_epoch else self._skip,
+            "sampler_seed": sampler.seed if sampler is not None else None,
+            "num_replicas": sampler.num_replicas if sampler is not None else None,
+            "rank": sampler.rank if sampler is not None else None,
+            "generator_states": None if generator_states is None else [s.clone() for s in generator_states],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: the next iteration is epoch ``state["epoch"]``, minus its consumed batches."""
+        missing = [key for key in _STATE_KEYS if key not in state]
+        if missing:
+            raise DataLoaderError(
+                f"DeviceDataLoader.load_state_dict: the state lacks {missing}; "
+                "pass what DeviceDataLoader.state_dict() returned."
+            )
+        epoch, yielded = state["epoch"], state["batches_yielded"]
+        for key, value in (("epoch", epoch), ("batches_yielded", yielded)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise DataLoaderError(
+                    f"DeviceDataLoader.load_state_dict: {key}={value!r}; it must be an integer >= 0."
+                )
+        sampler = self._distributed_sampler()
+        saved_replicas = state.get("num_replicas")
+        if yielded and sampler is not None and saved_replicas not in (None, sampler.num_replicas):
+            raise DataLoaderError(
+                f"DeviceDataLoader.load_state_dict: the state was saved with num_replicas={saved_replicas}, "
+                f"this loader's sampler has {sampler.num_replicas}; a mid-epoch resume needs the same "
+                "number of processes (or resume at an epoch boundary: batches_yielded=0)."
+            )
+        if sampler is not None and state.get("sampler_seed") is not None:
+            sampler.seed = state["sampler_seed"]
+        self._epoch = epoch
+        self._skip = yielded
+        self._batches_yielded = 0
+        self._in_epoch = False
+        states = state.get("generator_states")
+        self._restore_generators = None if states is None else list(states)
