@@ -1,0 +1,151 @@
+"""The objects that ``LightningLite.setup`` returns.
+
+Each wraps by composition and keeps the original reachable (``.module``, ``.optimizer``,
+``.dataloader``). They sit on every training step's path, so the per-call work is chosen
+once, at construction, from the precision's fast-path flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+if TYPE_CHECKING:
+    from lite_precision import Precision
+    from lite_strategies import Strategy
+
+
+class _LiteModule(nn.Module):
+    """A set-up model: its forward converts inputs, runs under the precision's context, converts outputs.
+
+    ``forward_module`` is what actually runs (e.g. the DDP wrapper); ``module`` is the object the
+    user passed to ``setup``, whose parameter names ``state_dict`` and ``load_state_dict`` use.
+    """
+
+    def __init__(self, forward_module: nn.Module, precision: Precision, original_module: nn.Module) -> None:
+        super().__init__()
+        self._forward_module = forward_module
+        # Not registered as a submodule: it is (or is inside) `_forward_module` already.
+        object.__setattr__(self, "_original_module", original_module)
+        object.__setattr__(self, "_precision", precision)
+        object.__setattr__(self, "_forward_impl", self._choose_forward(precision))
+
+    @property
+    def module(self) -> nn.Module:
+        """The model that was passed to ``setup``."""
+        return self._original_module  # type: ignore[no-any-return]
+
+    def _choose_forward(self, precision: Precision) -> Callable[..., Any]:
+        run = self._forward_module
+        if not (precision.converts_inputs or precision.has_forward_context or precision.converts_outputs):
+            return run  # 32-true: nothing to add to the user's own forward
+        convert_input, convert_output = precision.convert_input, precision.convert_output
+        context = precision.forward_context
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            # 1. convert inputs, 2. run under the precision's context, 3. convert outputs
+            args, kwargs = convert_input((args, kwargs))
+            with context():
+                output = run(*args, **kwargs)
+            return convert_output(output)
+
+        return forward
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._forward_impl(*args, **kwargs)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The original module's state dict (its own keys, no wrapper prefix)."""
+        return self._original_module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load into the original module (keys as ``module.state_dict()`` names them)."""
+        return self._original_module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._original_module, name)
+
+    def __repr__(self) -> str:
+        return f"_LiteModule({self._original_module!r})"
+
+
+class _LiteOptimizer(Optimizer):
+    """A set-up optimizer: ``step`` goes through the strategy (and so the precision).
+
+    It subclasses ``torch.optim.Optimizer`` so learning-rate schedulers accept it, but holds no
+    state of its own: ``param_groups``, ``state`` and ``defaults`` are the original's.
+    """
+
+    def __init__(self, optimizer: Optimizer, strategy: Strategy) -> None:
+        # Deliberately no super().__init__: every piece of state lives in `optimizer`.
+        self._optimizer = optimizer
+        self._strategy = strategy
+
+    @property
+    def optimizer(self) -> Optimizer:
+        """The optimizer that was passed to ``setup``."""
+        return self._optimizer
+
+    @property  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self._optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self._optimizer.param_groups = value
+
+    @property  # type: ignore[override]
+    def state(self) -> Any:
+        return self._optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._optimizer.state = value
+
+    @property  # type: ignore[override]
+    def defaults(self) -> dict[str, Any]:
+        return self._optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self._optimizer.defaults = value
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        if closure is None:
+            return self._strategy.optimizer_step(self._optimizer)
+        return self._strategy.optimizer_step(self._optimizer, closure=closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._optimizer.load_state_dict(state_dict)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._optimizer.add_param_group(param_group)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names this wrapper lacks; `_optimizer` itself may be missing during unpickling.
+        if name == "_optimizer":
+            raise AttributeError(name)
+        return getattr(self._optimizer, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"_LiteOptimizer({self._optimizer!r})"
+

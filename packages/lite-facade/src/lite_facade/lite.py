@@ -1,0 +1,310 @@
+"""``LightningLite``: scale a plain PyTorch loop to any device, strategy and precision.
+
+Drop-in for ``pytorch_lightning.lite.LightningLite``: subclass it, put the loop in ``run``,
+call ``setup`` / ``setup_dataloaders`` / ``backward``, and instantiate it with the flags.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from lite_data import DeviceDataLoader, distributed_dataloader, has_iterable_dataset
+from lite_devices import move_to_device
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from lite_facade._build import build_strategy
+from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
+from lite_facade._wrappers import _LiteModule, _LiteOptimizer
+
+__all__ = ["LightningLite"]
+
+
+class LightningLite(ABC):
+    """Put your training loop in ``run``; ``LightningLite`` takes care of devices, processes and precision.
+
+    Args:
+        accelerator: ``"cpu"``, ``"gpu"``/``"cuda"``, ``"tpu"``/``"xla"``, ``"mps"`` or ``"auto"``.
+            ``None`` means the CPU, unless ``gpus`` or ``tpu_cores`` say otherwise.
+        strategy: a strategy name (``"dp"``, ``"ddp"``, ``"ddp_spawn"``, ``"ddp_fork"``, ``"deepspeed"``,
+            ``"ddp_sharded"``, ``"fsdp"``, ...) or a strategy object such as ``DeepSpeedPlugin(stage=2)``.
+        devices: how many devices (an int; on the CPU, how many processes), which ones (a list or
+            ``"1, 4"``), all of them (``-1``) or ``"auto"``.
+        num_nodes: how many machines take part.
+        precision: ``64``, ``32``, ``16``, ``"bf16"`` or a current name such as ``"bf16-mixed"``.
+        plugins: a cluster environment, a precision plugin or a checkpoint IO (one of each at most).
+        gpus: shorthand for ``devices=gpus, accelerator="gpu"``.
+        tpu_cores: shorthand for ``devices=tpu_cores, accelerator="tpu"``.
+
+    Raises:
+        LiteConfigurationError: at construction, for every flag that cannot work here, all at once.
+    """
+
+    def __init__(
+        self,
+        accelerator: str | None = None,
+        strategy: Any = None,
+        devices: int | str | Sequence[int] | None = None,
+        num_nodes: int = 1,
+        precision: int | str = 32,
+        plugins: Any = None,
+        gpus: int | str | Sequence[int] | None = None,
+        tpu_cores: int | str | Sequence[int] | None = None,
+    ) -> None:
+        self._plan: Plan = resolve_plan(
+            accelerator=accelerator,
+            strategy=strategy,
+            devices=devices,
+            num_nodes=num_nodes,
+            precision=precision,
+            plugins=plugins,
+            gpus=gpus,
+            tpu_cores=tpu_cores,
+            inventory=Inventory.detect(),
+        )
+        self._strategy = build_strategy(self._plan)
+        self._precision = self._strategy.precision
+        self._launched = False
+        self._environment_ready = False
+        self._models: list[nn.Module] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and not getattr(run, "_lite_launches", False):
+            cls.run = _launching(run)  # type: ignore[method-assign]
+
+    @abstractmethod
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Your training (or inference) loop. Calling it launches the processes the strategy needs."""
+
+    # -- the run machinery ---------------------------------------------------------------------------
+
+    def _run_with_environment(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Runs in every process (after the launcher set the strategy's environment up)."""
+        self._environment_ready = True
+        self._launched = True
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self._launched = False
+
+    def _launch(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        launcher = self._strategy.launcher
+        if launcher is None:
+            self._ensure_environment()
+            return self._run_with_environment(fn, *args, **kwargs)
+        return launcher.launch(self._run_with_environment, fn, *args, **kwargs)
+
+    def _ensure_environment(self) -> None:
+        if self._environment_ready:
+            return
+        if self._strategy.launcher is not None and not self._launched:
+            raise RuntimeError(
+                f"The strategy {self._plan.strategy!r} runs your code in several processes, so it can only be "
+                "used inside `run()`. Move this call into your `run` method and call `run()`."
+            )
+        self._strategy.setup_environment()
+        self._environment_ready = True
+
+    # -- properties ------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process runs on: where ``setup`` puts models and data."""
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        """The index of this process among all processes, across devices and nodes."""
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        """The index of this process among the processes on this node."""
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        """The index of this node."""
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        """How many processes run, across all devices and nodes."""
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this is the process with global rank 0."""
+        return self._strategy.is_global_zero
+
+    # -- setup ---------------------------------------------------------------------------------------
+
+    def setup(self, model: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
+        """Set a model and its optimizers up for the strategy, the device and the precision.
+
+        Returns the wrapped model alone when no optimizer is given, else ``(model, *optimizers)``.
+        The wrappers behave like the originals, which stay reachable as ``.module`` / ``.optimizer``.
+        """
+        self._check_setup_arguments(model, optimizers)
+        self._ensure_environment()
+        module, opts = self._strategy.setup_module_and_optimizers(
+            model, list(optimizers), move_to_device=move_to_device
+        )
+        wrapped = _LiteModule(module, self._precision, original_module=model)
+        self._models.append(wrapped)
+        if not optimizers:
+            return wrapped
+        return (wrapped, *(_LiteOptimizer(opt, self._strategy) for opt in opts))
+
+    def setup_dataloaders(
+        self, *dataloaders: DataLoader, replace_sampler: bool = True, move_to_device: bool = True
+    ) -> Any:
+        """Set dataloaders up: a distributed sampler where the strategy needs one, batches on the device.
+
+        Returns one loader for one argument, else a list in the same order.
+        """
+        if not dataloaders:
+            raise ValueError("setup_dataloaders() needs at least one DataLoader.")
+        self._ensure_environment()
+        wrapped = [self._setup_dataloader(dl, replace_sampler, move_to_device) for dl in dataloaders]
+        return wrapped[0] if len(wrapped) == 1 else wrapped
+
+    def _setup_dataloader(self, dataloader: DataLoader, replace_sampler: bool, move_to_device: bool) -> Any:
+        if isinstance(dataloader, DeviceDataLoader):
+            raise ValueError(
+                "This dataloader was already set up by `setup_dataloaders()`. Pass the original DataLoader "
+                "(it is the wrapper's `.dataloader`) or use the set-up one as it is."
+            )
+        if not isinstance(dataloader, DataLoader):
+            raise TypeError(
+                f"setup_dataloaders() takes torch.utils.data.DataLoader objects, got {type(dataloader).__name__}."
+            )
+        sampler_kwargs = self._strategy.distributed_sampler_kwargs
+        if replace_sampler and sampler_kwargs and not has_iterable_dataset(dataloader):
+            dataloader = distributed_dataloader(dataloader, **sampler_kwargs)
+        device = self.device if move_to_device else None
+        return DeviceDataLoader(dataloader, device)
+
+    def _check_setup_arguments(self, model: nn.Module, optimizers: Sequence[Optimizer]) -> None:
+        if isinstance(model, _LiteModule):
+            raise ValueError(
+                "This model was already set up by `setup()`. Pass the original model (the wrapper's `.module`) "
+                "or use the set-up one as it is."
+            )
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"setup() takes a torch.nn.Module first, got {type(model).__name__}.")
+        for opt in optimizers:
+            if isinstance(opt, _LiteOptimizer):
+                raise ValueError(
+                    "An optimizer passed to setup() was already set up. Pass the original optimizer "
+                    "(the wrapper's `.optimizer`)."
+                )
+            if not isinstance(opt, Optimizer):
+                raise TypeError(f"setup() takes torch.optim.Optimizer objects after the model, got {type(opt).__name__}.")
+
+    # -- the step ------------------------------------------------------------------------------------
+
+    def backward(self, tensor: torch.Tensor, *args: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
+        """Use instead of ``loss.backward()``; extra arguments (``retain_graph``, ``inputs``, ...) pass on."""
+        module = model.module if isinstance(model, _LiteModule) else model
+        if module is None and len(self._models) == 1:
+            module = self._models[0]._forward_module
+        self._strategy.backward(tensor, module, *args, **kwargs)
+
+    @contextmanager
+    def autocast(self) -> Generator[None, None, None]:
+        """Run the block under the precision's autocast (the set-up model's forward already does)."""
+        with self._precision.forward_context():
+            yield
+
+    def to_device(self, obj: Any) -> Any:
+        """Move a module, a tensor or any collection of tensors to this process's device."""
+        if isinstance(obj, nn.Module):
+            return obj.to(self.device)
+        return move_to_device(obj, self.device)
+
+    # -- collectives ---------------------------------------------------------------------------------
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Gather tensors (or collections of them, or Python numbers) from every process.
+
+        Each tensor gains a leading dimension of size ``world_size``; in a single process it is
+        returned as it is.
+        """
+        if isinstance(data, (int, float, bool)):
+            data = torch.tensor(data, device=self.device)
+        return self._strategy.all_gather(data, group=group, sync_grads=sync_grads)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Send ``obj`` (any picklable object or tensor) from process ``src`` to all the others."""
+        return self._strategy.broadcast(obj, src=src)
+
+    def barrier(self, name: str | None = None) -> None:
+        """Wait until every process has reached this call."""
+        self._strategy.barrier(name=name)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on the process with global rank 0 only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def save(self, content: Any, filepath: str | Path) -> None:
+        """Use instead of ``torch.save``: written once (global rank 0), atomically.
+
+        Set-up models and optimizers inside ``content`` are stored as their state dicts.
+        """
+        self._strategy.save_checkpoint(filepath, _state_of(content))
+
+    def load(self, filepath: str | Path, *, weights_only: bool = True) -> Any:
+        """Use instead of ``torch.load``: every process loads, tensors land on this process's device.
+
+        Only tensors, containers and plain values load by default; pass ``weights_only=False`` for
+        a checkpoint you trust that holds other Python objects.
+        """
+        return self._strategy.load_checkpoint(filepath, weights_only=weights_only)
+
+    # -- seeding -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool | None = None) -> int:
+        """Seed Python, NumPy and torch; dataloader workers too unless ``workers=False``."""
+        from lite_data import seed_everything
+
+        return seed_everything(seed, workers=True if workers is None else workers)
+
+
+def _launching(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Make a subclass's ``run`` launch the strategy's processes when called from outside."""
+
+    @functools.wraps(run)
+    def launch_then_run(self: LightningLite, *args: Any, **kwargs: Any) -> Any:
+        if self._launched:  # already inside the processes (e.g. super().run(...) from a subclass)
+            return run(self, *args, **kwargs)
+        return self._launch(run, *args, **kwargs)
+
+    launch_then_run._lite_launches = True  # type: ignore[attr-defined]
+    return launch_then_run
+
+
+def _state_of(content: Any) -> Any:
+    """Replace set-up models and optimizers (top level or in a dict) by their state dicts."""
+    if isinstance(content, dict):
+        return {key: _state_of(value) for key, value in content.items()}
+    if isinstance(content, (nn.Module, Optimizer)):
+        return content.state_dict()
+    return content
+
+
+__all__ += []
+_ = LiteConfigurationError

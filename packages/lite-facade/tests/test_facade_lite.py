@@ -1,0 +1,253 @@
+"""LightningLite's methods and the wrappers setup returns, on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lite_facade import LightningLite, LiteConfigurationError
+from lite_facade.lite import LightningLite as SeedPathLightningLite
+
+
+class Lite(LightningLite):
+    def run(self, fn: Any, *args: Any) -> Any:
+        return fn(self, *args)
+
+
+def lite(**flags: Any) -> Lite:
+    return Lite(accelerator="cpu", **flags)
+
+
+def model_and_optimizer() -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def test_seed_import_path_is_the_same_class() -> None:
+    assert SeedPathLightningLite is LightningLite
+
+
+def test_run_passes_arguments_and_returns_the_result() -> None:
+    assert lite().run(lambda self, a, b: a + b, 2, 3) == 5
+
+
+def test_bad_flags_fail_at_construction_before_run() -> None:
+    with pytest.raises(LiteConfigurationError, match="strategy"):
+        Lite(strategy="not-a-strategy")
+
+
+def test_setup_keeps_the_originals_reachable_and_the_keys_plain() -> None:
+    def body(self: Lite) -> None:
+        model, optimizer = model_and_optimizer()
+        lite_model, lite_optimizer = self.setup(model, optimizer)
+        assert lite_model.module is model
+        assert lite_optimizer.optimizer is optimizer
+        assert list(lite_model.state_dict()) == list(model.state_dict())
+        assert lite_optimizer.param_groups is optimizer.param_groups
+        assert lite_optimizer.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
+        assert lite_model[0] is model[0]  # attribute access falls through
+        only_model = self.setup(nn.Linear(2, 2))
+        assert isinstance(only_model, nn.Module) and not isinstance(only_model, tuple)
+
+    lite().run(body)
+
+
+def test_setting_up_a_set_up_object_is_a_clear_error() -> None:
+    def body(self: Lite) -> None:
+        model, optimizer = self.setup(*model_and_optimizer())
+        with pytest.raises(ValueError, match="already set up"):
+            self.setup(model)
+        with pytest.raises(ValueError, match="already set up"):
+            self.setup(nn.Linear(1, 1), optimizer)
+        loader = self.setup_dataloaders(DataLoader(TensorDataset(torch.zeros(4, 1))))
+        with pytest.raises(ValueError, match="already set up"):
+            self.setup_dataloaders(loader)
+
+    lite().run(body)
+
+
+def test_a_training_step_matches_plain_pytorch() -> None:
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    reference, ref_opt = model_and_optimizer()
+    for _ in range(3):
+        ref_opt.zero_grad()
+        nn.functional.mse_loss(reference(x), y).backward()
+        ref_opt.step()
+
+    def body(self: Lite) -> nn.Module:
+        model, optimizer = self.setup(*model_and_optimizer())
+        for _ in range(3):
+            optimizer.zero_grad()
+            self.backward(nn.functional.mse_loss(model(x), y))
+            optimizer.step()
+        return model.module
+
+    trained = lite().run(body)
+    for a, b in zip(trained.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_backward_passes_extra_arguments_on() -> None:
+    def body(self: Lite) -> None:
+        model = self.setup(nn.Linear(2, 1))
+        loss = model(torch.ones(1, 2)).sum()
+        self.backward(loss, retain_graph=True)
+        self.backward(loss)  # would raise without retain_graph above
+        w = model.module.weight
+        torch.testing.assert_close(w.grad, torch.full_like(w, 2.0))
+
+    lite().run(body)
+
+
+def test_lr_scheduler_accepts_the_wrapped_optimizer() -> None:
+    def body(self: Lite) -> float:
+        _, optimizer = self.setup(*model_and_optimizer())
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        optimizer.step()
+        scheduler.step()
+        return float(optimizer.param_groups[0]["lr"])
+
+    assert lite().run(body) == pytest.approx(0.05)
+
+
+def test_bf16_forward_runs_in_bf16_and_returns_float32() -> None:
+    seen: list[torch.dtype] = []
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.linear(x)
+            seen.append(out.dtype)
+            return out
+
+    def body(self: Lite) -> torch.Tensor:
+        model = self.setup(Probe())
+        with self.autocast():
+            inside = torch.mm(torch.ones(2, 2), torch.ones(2, 2))
+        assert inside.dtype == torch.bfloat16
+        return model(torch.ones(2, 4))
+
+    out = lite(precision="bf16").run(body)
+    assert seen == [torch.bfloat16]
+    assert out.dtype == torch.float32
+
+
+def test_double_precision_converts_model_and_inputs() -> None:
+    def body(self: Lite) -> torch.Tensor:
+        model = self.setup(nn.Linear(3, 1))
+        assert model.module.weight.dtype == torch.float64
+        return model(torch.ones(2, 3))
+
+    assert lite(precision=64).run(body).dtype == torch.float64
+
+
+def test_setup_dataloaders_one_or_many_and_batches_on_device() -> None:
+    data = TensorDataset(torch.arange(10.0).view(10, 1))
+
+    def body(self: Lite) -> None:
+        one = self.setup_dataloaders(DataLoader(data, batch_size=4))
+        assert len(one) == 3
+        first, second = self.setup_dataloaders(DataLoader(data), DataLoader(data), move_to_device=False)
+        assert len(first) == 10 and len(second) == 10
+        (batch,) = next(iter(one))
+        assert batch.device == self.device
+
+    lite().run(body)
+
+
+def test_to_device_moves_collections() -> None:
+    def body(self: Lite) -> Any:
+        return self.to_device({"a": [torch.ones(1)], "b": (torch.zeros(1), "text")})
+
+    out = lite().run(body)
+    assert out["b"][1] == "text" and out["a"][0].device.type == "cpu"
+
+
+def test_single_process_collectives_are_identities() -> None:
+    def body(self: Lite) -> None:
+        assert (self.world_size, self.global_rank, self.local_rank, self.node_rank) == (1, 0, 0, 0)
+        assert self.is_global_zero
+        t = torch.arange(3)
+        torch.testing.assert_close(self.all_gather(t), t)
+        assert int(self.all_gather(5)) == 5
+        assert self.broadcast({"x": 1}) == {"x": 1}
+        self.barrier()
+
+    lite().run(body)
+
+
+def test_print_only_on_rank_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    lite().run(lambda self: self.print("hello", 1))
+    assert capsys.readouterr().out == "hello 1\n"
+
+
+def test_save_and_load_round_trip_with_plain_keys(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+
+    def body(self: Lite) -> None:
+        model, optimizer = self.setup(*model_and_optimizer())
+        self.save({"model": model, "optimizer": optimizer, "epoch": 3}, path)
+        restored = self.load(path)
+        assert restored["epoch"] == 3
+        fresh = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        fresh.load_state_dict(restored["model"])
+        for a, b in zip(fresh.parameters(), model.module.parameters()):
+            torch.testing.assert_close(a, b)
+        self.save(model.state_dict(), tmp_path / "weights.pt")
+        nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)).load_state_dict(self.load(tmp_path / "weights.pt"))
+
+    lite().run(body)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "weights.pt"]  # no temporary files left
+
+
+def test_seed_everything_works_on_the_class_and_the_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+    assert LightningLite.seed_everything(7) == 7
+    a = torch.rand(3)
+    assert lite().seed_everything(7) == 7
+    torch.testing.assert_close(torch.rand(3), a)
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+
+
+# -- two processes ------------------------------------------------------------------------------------
+
+
+def _distributed_body(self: Lite) -> dict[str, Any]:
+    data = TensorDataset(torch.arange(8.0).view(8, 1))
+    loader = self.setup_dataloaders(DataLoader(data, batch_size=2, shuffle=True))
+    seen = torch.cat([batch for (batch,) in loader]).flatten()
+    model, optimizer = self.setup(*model_and_optimizer())
+    loss = model(torch.full((2, 4), float(self.global_rank))).sum()
+    self.backward(loss)
+    optimizer.step()
+    gathered = self.all_gather(torch.tensor([self.global_rank]))
+    return {
+        "world_size": self.world_size,
+        "rank": self.global_rank,
+        "gathered": gathered,
+        "sampler": type(loader.dataloader.sampler).__name__,
+        "seen": self.all_gather(seen),
+        "weight": model.module[0].weight.detach().clone(),
+        "object": self.broadcast(f"from {self.global_rank}"),
+    }
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+def test_two_processes_return_rank_zero_result(strategy: str) -> None:
+    result = Lite(accelerator="cpu", devices=2, strategy=strategy).run(_distributed_body)
+    assert result["world_size"] == 2 and result["rank"] == 0
+    assert result["gathered"].flatten().tolist() == [0, 1]
+    assert result["sampler"] == DistributedSampler.__name__
+    assert sorted(result["seen"].flatten().tolist()) == [float(i) for i in range(8)]
+    assert result["object"] == "from 0"
