@@ -29,6 +29,8 @@ if not hasattr(lite_devices, "move_to_device"):
     def _move(obj, device, *, non_blocking=False):  # type: ignore[no-untyped-def]
         import torch
 
-        return tree_map(lambda x: x.to(device, non_blocking=non_blocking) if isinstance(x, torch.Tensor) else x, obj)
+        return tree_map(
+            lambda x: x.to(device, non_blocking=non_blocking) if isinstance(x, torch.Tensor) else x, obj
+        )
 
     lite_devices.move_to_device = _move  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -80,7 +81,15 @@ def test_every_argument_is_preserved(seed_env: pytest.MonkeyPatch, name: str, va
 def test_defaults_are_preserved() -> None:
     original = DataLoader(list(range(10)))
     new = distributed_dataloader(original, num_replicas=2, rank=0)
-    for arg in ("batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout", "prefetch_factor"):
+    for arg in (
+        "batch_size",
+        "num_workers",
+        "collate_fn",
+        "pin_memory",
+        "drop_last",
+        "timeout",
+        "prefetch_factor",
+    ):
         assert getattr(new, arg) == getattr(original, arg), arg
     assert new.collate_fn is default_collate
     assert new.generator is None and new.worker_init_fn is None
@@ -103,7 +112,7 @@ def _ranks(loader: DataLoader[Any], world: int) -> list[list[Any]]:
 def test_ranks_share_the_dataset_disjointly(world: int, shuffle: bool) -> None:
     loader = DataLoader(list(range(12)), batch_size=2, shuffle=shuffle)
     per_rank = [torch.cat(batches).tolist() for batches in _ranks(loader, world)]
-    assert sorted(sum(per_rank, [])) == list(range(12))
+    assert sorted(itertools.chain(*per_rank)) == list(range(12))
     assert all(len(p) == 12 // world for p in per_rank)
 
 
@@ -151,7 +160,9 @@ def test_custom_batch_sampler_is_wrapped_and_dealt_out() -> None:
     assert isinstance(new.batch_sampler, DistributedSamplerWrapper)
     assert new.batch_sampler.sampler is batch_sampler
     per_rank = [[b.tolist() for b in batches] for batches in _ranks(loader, 2)]
-    assert per_rank[0] + per_rank[1] != [] and sorted(per_rank[0] + per_rank[1]) == sorted(batch_sampler.batches)
+    assert per_rank[0] + per_rank[1] != [] and sorted(per_rank[0] + per_rank[1]) == sorted(
+        batch_sampler.batches
+    )
     assert per_rank[0] == batch_sampler.batches[0::2]
 
 
@@ -181,12 +192,12 @@ def test_wrapper_needs_a_length() -> None:
 
 @pytest.mark.parametrize(("num_replicas", "rank"), [(0, 0), (2, 2), (2, -1), (2, 1.0), ("2", 0)])
 def test_bad_replicas_or_rank(num_replicas: Any, rank: Any) -> None:
-    with pytest.raises(DataLoaderError, match="num_replicas|rank"):
+    with pytest.raises(DataLoaderError, match=r"num_replicas|rank"):
         distributed_dataloader(DataLoader(list(range(4))), num_replicas=num_replicas, rank=rank)
 
 
 def test_not_a_dataloader() -> None:
-    with pytest.raises(DataLoaderError, match="expects a torch.utils.data.DataLoader"):
+    with pytest.raises(DataLoaderError, match=r"expects a torch\.utils\.data\.DataLoader"):
         distributed_dataloader([1, 2], num_replicas=1, rank=0)  # type: ignore[arg-type]
 
 
@@ -241,7 +252,9 @@ def test_subclass_is_recreated_with_its_own_arguments() -> None:
 
 def test_subclass_with_unrecoverable_argument_raises() -> None:
     loader = _LosesAnArgument(list(range(8)), 3, batch_size=2)
-    with pytest.raises(DataLoaderError, match=r"requires 'scale'.*self\.scale = scale.*replace_sampler=False"):
+    with pytest.raises(
+        DataLoaderError, match=r"requires 'scale'.*self\.scale = scale.*replace_sampler=False"
+    ):
         distributed_dataloader(loader, num_replicas=2, rank=0)
 
 
@@ -251,7 +264,7 @@ def test_subclass_without_sampler_parameter_raises() -> None:
 
 
 def test_subclass_whose_constructor_rejects_the_sampler_raises() -> None:
-    with pytest.raises(DataLoaderError, match="failed.*mutually exclusive"):
+    with pytest.raises(DataLoaderError, match=r"failed.*mutually exclusive"):
         distributed_dataloader(_ForcesShuffle(list(range(8))), num_replicas=2, rank=0)
 
 
@@ -271,5 +284,9 @@ def test_random_sampler_subclass_is_treated_as_custom() -> None:
     class _MyRandom(RandomSampler):
         pass
 
-    loader = DataLoader(list(range(8)), sampler=_MyRandom(list(range(8)), generator=torch.Generator().manual_seed(0)))
-    assert isinstance(distributed_dataloader(loader, num_replicas=2, rank=0).sampler, DistributedSamplerWrapper)
+    loader = DataLoader(
+        list(range(8)), sampler=_MyRandom(list(range(8)), generator=torch.Generator().manual_seed(0))
+    )
+    assert isinstance(
+        distributed_dataloader(loader, num_replicas=2, rank=0).sampler, DistributedSamplerWrapper
+    )

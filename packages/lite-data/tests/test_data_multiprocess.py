@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import random
 from collections.abc import Iterator
@@ -10,10 +11,10 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-from lite_testing import run_processes
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lite_data import DeviceDataLoader, distributed_dataloader, seed_everything
+from lite_testing import run_processes
 
 
 def _gather(obj: Any) -> list[Any]:
@@ -24,7 +25,9 @@ def _gather(obj: Any) -> list[Any]:
 
 def _epochs_of_indices(rank: int, world_size: int, size: int) -> list[list[list[int]]]:
     loader = DataLoader(list(range(size)), batch_size=4, shuffle=True)
-    wrapped = DeviceDataLoader(distributed_dataloader(loader, num_replicas=world_size, rank=rank), device="cpu")
+    wrapped = DeviceDataLoader(
+        distributed_dataloader(loader, num_replicas=world_size, rank=rank), device="cpu"
+    )
     return [_gather(torch.cat(list(wrapped)).tolist()) for _ in range(3)]
 
 
@@ -36,7 +39,7 @@ def test_each_epoch_covers_the_dataset_once_and_reshuffles(world_size: int) -> N
     orders = []
     for shares in results[0]:
         assert len(shares) == world_size
-        assert sorted(sum(shares, [])) == list(range(size))  # each item exactly once
+        assert sorted(itertools.chain(*shares)) == list(range(size))  # each item exactly once
         orders.append(shares)
     assert orders[0] != orders[1] != orders[2]
 
@@ -65,7 +68,9 @@ class _BucketBatches(Sampler[list[int]]):
 
 def _custom_shares(rank: int, world_size: int) -> tuple[list[Any], list[Any]]:
     by_sampler = distributed_dataloader(
-        DataLoader(list(range(20)), sampler=_Interleaved(20), batch_size=2), num_replicas=world_size, rank=rank
+        DataLoader(list(range(20)), sampler=_Interleaved(20), batch_size=2),
+        num_replicas=world_size,
+        rank=rank,
     )
     by_batch_sampler = distributed_dataloader(
         DataLoader(list(range(24)), batch_sampler=_BucketBatches(24)), num_replicas=world_size, rank=rank

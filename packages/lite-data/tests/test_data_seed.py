@@ -79,7 +79,9 @@ def _streams_after_worker_init(worker_id: int, rank: int, base_seed: int) -> tup
     return _draw()
 
 
-def test_worker_init_function_distinct_per_rank_and_worker_and_reproducible(seed_env: pytest.MonkeyPatch) -> None:
+def test_worker_init_function_distinct_per_rank_and_worker_and_reproducible(
+    seed_env: pytest.MonkeyPatch,
+) -> None:
     keys = [(rank, worker) for rank in range(3) for worker in range(3)]
     draws = {key: _streams_after_worker_init(key[1], key[0], base_seed=1000) for key in keys}
     for generator in range(3):  # each of torch, random, numpy separately

@@ -45,9 +45,9 @@ class DeviceDataLoader:
     """
 
     def __init__(self, dataloader: DataLoader[Any], device: torch.device | str | int | None = None) -> None:
-        if isinstance(dataloader, DeviceDataLoader):
-            dataloader = dataloader.dataloader
-        self.dataloader = dataloader
+        self.dataloader: DataLoader[Any] = (
+            dataloader.dataloader if isinstance(dataloader, DeviceDataLoader) else dataloader
+        )
         try:
             self.device = None if device is None else torch.device(device)
         except (RuntimeError, TypeError) as exc:
