@@ -148,3 +148,26 @@ def test_load_restores_sampler_seed() -> None:
 def test_load_state_dict_rejects_bad_states(state: dict[str, Any], match: str) -> None:
     with pytest.raises(DataLoaderError, match=match):
         DeviceDataLoader(_distributed_loader()).load_state_dict(state)
+
+
+def test_worker_seeding_is_installed_on_iteration_after_seed_everything_workers(
+    seed_env: pytest.MonkeyPatch,
+) -> None:
+    import functools
+
+    from lite_data import seed_everything, worker_init_function
+
+    def make() -> DataLoader[Any]:
+        return distributed_dataloader(
+            DataLoader(list(range(4)), num_workers=1, multiprocessing_context="fork"), num_replicas=2, rank=1
+        )
+
+    plain, seeded = DeviceDataLoader(make()), DeviceDataLoader(make())
+    next(iter(plain))
+    assert plain.dataloader.worker_init_fn is None
+    seed_everything(0, workers=True)
+    assert seeded.dataloader.worker_init_fn is None  # installed when iteration starts
+    next(iter(seeded))
+    installed = seeded.dataloader.worker_init_fn
+    assert isinstance(installed, functools.partial)
+    assert installed.func is worker_init_function and installed.keywords == {"rank": 1}
