@@ -1,0 +1,190 @@
+"""The modes other than ``"32-true"``: double, mixed (autocast) and true half precision."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from lite_precision._base import Precision, cast_floating, default_dtype
+from lite_precision._errors import PrecisionError
+
+
+def _cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    # Like module.to(dtype), but complex parameters keep their dtype instead of losing the
+    # imaginary part.
+    return module._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+
+class _TruePrecision(Precision):
+    """Parameters, buffers, inputs and every tensor created in forward in ``dtype``; no autocast."""
+
+    converts_inputs = True
+    converts_outputs = True
+    has_forward_context = True
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return _cast_module(module, self.dtype)
+
+    def convert_input(self, data: Any) -> Any:
+        return cast_floating(data, self.dtype)
+
+    def convert_output(self, data: Any) -> Any:
+        return cast_floating(data, torch.get_default_dtype)
+
+    def forward_context(self) -> AbstractContextManager[Any]:
+        # tensors created inside forward (torch.zeros(...)) get the mode's dtype too
+        return default_dtype(self.dtype)
+
+    def module_init_context(self) -> AbstractContextManager[Any]:
+        return default_dtype(self.dtype)
+
+
+class DoublePrecision(_TruePrecision):
+    """``"64-true"``: everything in float64.
+
+    Outputs stay float64 (``converts_outputs`` is False): the user asked for double
+    precision to get it end to end, and a loss computed outside the model should not be
+    rounded to float32 right before ``backward``.
+    """
+
+    name = "64-true"
+    dtype = torch.float64
+    converts_outputs = False
+
+    def convert_output(self, data: Any) -> Any:
+        return data
+
+
+class HalfPrecision(_TruePrecision):
+    """``"16-true"``: parameters and inputs in float16, no autocast, no loss scaling."""
+
+    name = "16-true"
+    dtype = torch.float16
+
+
+class BFloat16Precision(_TruePrecision):
+    """``"bf16-true"``: parameters and inputs in bfloat16, no autocast."""
+
+    name = "bf16-true"
+    dtype = torch.bfloat16
+
+
+class MixedPrecision(Precision):
+    """Autocast to ``dtype`` in forward; float32 parameters; loss scaling for float16.
+
+    Args:
+        device_type: see :class:`Precision`.
+        dtype: ``torch.float16`` (``"16-mixed"``, with a GradScaler) or ``torch.bfloat16``
+            (``"bf16-mixed"``, no scaler).
+        scaler: a ``torch.amp.GradScaler`` to use instead of the default one (float16 only).
+            Without one, the default scaler is created on first use, so construction touches
+            no device and stays fork-safe.
+    """
+
+    name = "16-mixed"
+    dtype = torch.float16
+    uses_scaler = True
+    converts_inputs = True
+    converts_outputs = True
+    has_forward_context = True
+
+    def __init__(
+        self,
+        device_type: str = "cpu",
+        *,
+        dtype: torch.dtype = torch.float16,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise PrecisionError(
+                f"mixed precision with dtype={dtype}: expected torch.float16 or torch.bfloat16"
+            )
+        if scaler is not None and dtype != torch.float16:
+            raise PrecisionError(
+                "a GradScaler was passed with bfloat16 mixed precision, which needs none; drop it"
+            )
+        # instance attributes shadow the class defaults, so one class serves both dtypes
+        self.name = "16-mixed" if dtype == torch.float16 else "bf16-mixed"
+        self.dtype = dtype
+        self.uses_scaler = dtype == torch.float16
+        super().__init__(device_type)
+        self._scaler = scaler
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The loss scaler (None for bfloat16); created on first access."""
+        if self.uses_scaler and self._scaler is None:
+            self._scaler = torch.amp.GradScaler(self.device_type)
+        return self._scaler
+
+    def convert_input(self, data: Any) -> Any:
+        return cast_floating(data, self.dtype)
+
+    def convert_output(self, data: Any) -> Any:
+        return cast_floating(data, torch.get_default_dtype)
+
+    def forward_context(self) -> AbstractContextManager[Any]:
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        scaler = self.scaler
+        if scaler is not None:
+            tensor = scaler.scale(tensor)
+        tensor.backward(*args, **kwargs)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        """Step; with a scaler: unscale (unless done already), skip on inf/NaN, update the scale.
+
+        A ``closure`` is called once before the step (it computes the loss and calls
+        backward), and its result is returned, as ``optimizer.step(closure)`` would.
+        """
+        scaler = self.scaler
+        if scaler is None:
+            return optimizer.step(**kwargs)
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise PrecisionError(
+                "LBFGS re-evaluates its closure inside step, which loss scaling cannot follow; "
+                "use precision='bf16-mixed' or '32-true' with LBFGS"
+            )
+        closure = kwargs.pop("closure", None)
+        closure_result = closure() if closure is not None else None
+        step_result = scaler.step(optimizer, **kwargs)  # None when skipped for inf/NaN
+        scaler.update()
+        return closure_result if closure is not None else step_result
+
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        scaler = self.scaler
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+
+    def state_dict(self) -> dict[str, Any]:
+        scaler = self.scaler
+        return scaler.state_dict() if scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        scaler = self.scaler
+        if scaler is not None and state:  # an empty state comes from a mode without a scaler
+            scaler.load_state_dict(state)
+
+
+class HalfMixedPrecision(MixedPrecision):
+    """``"16-mixed"``: autocast to float16 with a GradScaler."""
+
+    name = "16-mixed"
+    dtype = torch.float16
+    uses_scaler = True
+
+    def __init__(self, device_type: str = "cpu", *, scaler: torch.amp.GradScaler | None = None) -> None:
+        super().__init__(device_type, dtype=torch.float16, scaler=scaler)
+
+
+class BFloat16MixedPrecision(MixedPrecision):
+    """``"bf16-mixed"``: autocast to bfloat16, no scaler."""
+
+    name = "bf16-mixed"
+    dtype = torch.bfloat16
+
+    def __init__(self, device_type: str = "cpu") -> None:
+        super().__init__(device_type, dtype=torch.bfloat16)
