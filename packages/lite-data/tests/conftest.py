@@ -18,19 +18,3 @@ def seed_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
         monkeypatch.setenv(name, "0")
         monkeypatch.delenv(name)
     yield monkeypatch
-
-
-# TEMPORARY stand-in until lite_devices.move_to_device lands; remove then.
-import lite_devices  # noqa: E402
-
-if not hasattr(lite_devices, "move_to_device"):
-    from torch.utils._pytree import tree_map
-
-    def _move(obj, device, *, non_blocking=False):  # type: ignore[no-untyped-def]
-        import torch
-
-        return tree_map(
-            lambda x: x.to(device, non_blocking=non_blocking) if isinstance(x, torch.Tensor) else x, obj
-        )
-
-    lite_devices.move_to_device = _move  # type: ignore[attr-defined]
