@@ -98,7 +98,7 @@ def run_processes(
         ctx.Process(
             target=_child,
             args=(rank, world_size, port, fn, args, init, timeout, dict(env or {}), pipes[rank][1]),
-            daemon=True,
+            daemon=False,  # ranks may start DataLoader workers; the parent kills them at the end
         )
         for rank in range(world_size)
     ]
