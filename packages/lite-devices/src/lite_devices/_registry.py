@@ -100,7 +100,7 @@ class AcceleratorSpec:
                 "torch.cuda.device_count() is 0 (no GPU visible; check CUDA_VISIBLE_DEVICES and the driver)"
             )
         if self.name == "mps":
-            return "torch.backends.mps.is_available() is False (needs Apple silicon and macOS 12.3+)"
+            return "no MPS device (torch.backends.mps.is_available() is False; needs Apple silicon and macOS 12.3+)"
         return f"no {self.name} device was found"
 
 
