@@ -1,3 +1,41 @@
-"""lite_strategies."""
+"""How a model and its optimizers are placed, wrapped and stepped, and how processes are launched.
 
-__all__: list[str] = []
+Strategies (single_device, dp, ddp, ddp_spawn, ddp_fork; deepspeed, ddp_sharded, fsdp and
+xla are registered for a later release) are rows of :data:`STRATEGIES`, built lazily;
+launchers start the processes; checkpoint IO writes atomically and loads safely.
+Importing this package imports no optional backend (deepspeed, fairscale, torch_xla).
+"""
+
+from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
+from lite_strategies._ddp import DDPForkStrategy, DDPSpawnStrategy, DDPStrategy
+from lite_strategies._dp import DataParallelStrategy
+from lite_strategies._errors import CheckpointError, ProcessFailedError, StrategyError
+from lite_strategies._launcher import Launcher
+from lite_strategies._registry import STRATEGIES, StrategySpec, build_registry, get_strategy_spec
+from lite_strategies._script_launcher import ScriptLauncher
+from lite_strategies._single_device import SingleDeviceStrategy
+from lite_strategies._spawn_launcher import SpawnLauncher
+from lite_strategies._strategy import ParallelStrategy, Strategy, unwrap_module
+
+__all__ = [
+    "STRATEGIES",
+    "CheckpointError",
+    "CheckpointIO",
+    "DDPForkStrategy",
+    "DDPSpawnStrategy",
+    "DDPStrategy",
+    "DataParallelStrategy",
+    "Launcher",
+    "ParallelStrategy",
+    "ProcessFailedError",
+    "ScriptLauncher",
+    "SingleDeviceStrategy",
+    "SpawnLauncher",
+    "Strategy",
+    "StrategyError",
+    "StrategySpec",
+    "TorchCheckpointIO",
+    "build_registry",
+    "get_strategy_spec",
+    "unwrap_module",
+]

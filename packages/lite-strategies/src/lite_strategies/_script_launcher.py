@@ -1,0 +1,159 @@
+"""Re-run the user's script (or ``python -m`` module) once per extra local process."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from lite_strategies._errors import ProcessFailedError, StrategyError
+from lite_strategies._launcher import (
+    PARENT_PID_VAR,
+    describe_exit,
+    rank_environment,
+    run_in_this_process,
+    stop_processes,
+)
+
+if TYPE_CHECKING:
+    from lite_strategies._strategy import Strategy
+
+#: After a child fails, how long the main process gets to raise on its own (a collective
+#: usually fails at once when a peer dies) before it is stopped from outside.
+FAILURE_GRACE_S = 5.0
+
+
+def script_command() -> list[str]:
+    """The command line that started this interpreter: ``python script.py ...`` or ``python -m pkg ...``."""
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is not None and spec.name:
+        name = spec.name.removesuffix(".__main__")
+        return [sys.executable, "-m", name, *sys.argv[1:]]
+    main_file = getattr(__main__, "__file__", None)
+    if not main_file or not sys.argv or sys.argv[0] in ("", "-c", "-"):
+        raise StrategyError(
+            "the script launcher (strategy='ddp') starts the other processes by running your script "
+            "again, but this session has no script (interactive, notebook or `python -c`). Use "
+            "strategy='ddp_notebook' (fork) or 'ddp_spawn', or put the code in a file and run it"
+        )
+    return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+
+
+class ScriptLauncher:
+    """Start local ranks 1..N-1 by re-running the command that started this process; run rank 0 here.
+
+    Each child gets MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK and runs
+    the same script, whose ``launch`` then sees an externally created process and just runs
+    the function. When the cluster environment creates the processes (torchrun, SLURM's
+    srun, MPI) nothing is started. If a child fails, the others are stopped and this process
+    raises :class:`ProcessFailedError` naming the rank (or exits non-zero within a few seconds
+    when it cannot raise, e.g. while blocked outside Python).
+    """
+
+    is_interactive_compatible = False
+
+    def __init__(self, strategy: Strategy) -> None:
+        self._strategy = strategy
+        self._watcher: _ChildWatcher | None = None
+
+    def launch(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Start the children (once), then run ``fn`` as local rank 0 and return its value."""
+        strategy = self._strategy
+        env = strategy.cluster_environment
+        if env.creates_processes_externally or self._watcher is not None:
+            return run_in_this_process(strategy, fn, args, kwargs)
+        command = script_command() if strategy.num_processes > 1 else []
+        variables = rank_environment(strategy, 0, env.main_address, env.main_port)
+        os.environ.update(variables)
+        children: dict[int, subprocess.Popen[bytes]] = {}
+        try:
+            for local_rank in range(1, strategy.num_processes):
+                child_env = {
+                    **os.environ,
+                    **rank_environment(strategy, local_rank, env.main_address, env.main_port),
+                    PARENT_PID_VAR: str(os.getpid()),
+                }
+                global_rank = int(child_env["RANK"])
+                children[global_rank] = subprocess.Popen(command, env=child_env)
+        except BaseException:
+            stop_processes(list(children.values()))
+            raise
+        self._watcher = watcher = _ChildWatcher(children)
+        watcher.start()
+        try:
+            strategy.setup_environment()
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            watcher.handled = True
+            failure = watcher.wait_for_failure(1.0)
+            stop_processes(list(children.values()))
+            if failure is not None and not isinstance(exc, KeyboardInterrupt):
+                raise failure from exc
+            raise
+
+
+class _ChildWatcher:
+    """Watch the children for the life of the main process; on a failure, stop everything."""
+
+    def __init__(self, children: dict[int, subprocess.Popen[bytes]]) -> None:
+        self.children = children
+        self.handled = False  # the main thread is raising on its own
+        self.failure: ProcessFailedError | None = None
+        self._failed = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="lite-child-watcher", daemon=True).start()
+        atexit.register(self._wait_at_exit)
+
+    def _run(self) -> None:
+        while not self._failed.is_set():
+            for rank, proc in self.children.items():
+                code = proc.poll()
+                if code is not None and code != 0:
+                    self._fail(rank, code)
+                    break
+            if all(p.poll() is not None for p in self.children.values()):
+                return
+            time.sleep(0.2)
+
+    def _fail(self, rank: int, code: int) -> None:
+        self.failure = ProcessFailedError(
+            f"rank {rank} {describe_exit(code)} (its output is above); the other processes were stopped",
+            rank=rank,
+            exitcode=code,
+        )
+        self._failed.set()
+        stop_processes(list(self.children.values()))
+        deadline = time.monotonic() + FAILURE_GRACE_S
+        while time.monotonic() < deadline:
+            if self.handled:
+                return
+            time.sleep(0.1)
+        print(f"[lite_strategies] {self.failure}; stopping rank 0", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    def wait_for_failure(self, timeout: float) -> ProcessFailedError | None:
+        self._failed.wait(timeout)
+        return self.failure
+
+    def _wait_at_exit(self) -> None:
+        # The children run the same script to its end; wait for them (a failure ends them
+        # all through the watcher) so the job's exit status covers every rank.
+        try:
+            while any(p.poll() is None for p in self.children.values()):
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            self.handled = True
+            stop_processes(list(self.children.values()))
+            raise
+        if self.failure is not None and not self.handled:
+            self.handled = True
+            print(f"[lite_strategies] {self.failure}", file=sys.stderr, flush=True)
+            os._exit(1)

@@ -1,0 +1,442 @@
+"""The Strategy base: how a module and its optimizers are placed, wrapped, stepped and saved.
+
+A strategy is built in the main process (nothing touches a device or a process group in
+``__init__``, so it is fork-safe and picklable), then its launcher starts the processes
+and calls :meth:`Strategy.setup_environment` in each before the user's function runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+import lite_collectives
+from lite_collectives import ClusterEnvironment
+from lite_devices import get_accelerator, move_to_device
+from lite_precision import Precision, get_precision
+from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
+from lite_strategies._errors import StrategyError
+from lite_strategies._launcher import Launcher
+from lite_strategies._registry import get_strategy_spec
+
+_PathLike = str | os.PathLike[str]
+
+
+class Strategy:
+    """Base of every strategy: single-process behaviour, collectives delegated to lite_collectives.
+
+    Subclasses set ``strategy_name`` (their registry row, which gives the accepted
+    accelerators) and override :meth:`setup_module` (the wrap), and where a backend wraps
+    the module and its optimizers together (DeepSpeed, fairscale, FSDP),
+    :meth:`setup_module_and_optimizers`.
+    """
+
+    strategy_name: ClassVar[str] = "single_device"
+    #: Extra keyword arguments this strategy accepts (``**backend_kwargs``).
+    accepted_kwargs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        accelerator: str = "cpu",
+        devices: Sequence[torch.device | str] | None = None,
+        num_nodes: int = 1,
+        precision: Precision | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
+        **backend_kwargs: Any,
+    ) -> None:
+        spec = get_strategy_spec(self.strategy_name)
+        self._accelerator = get_accelerator(accelerator).name
+        if self._accelerator not in spec.accelerators:
+            raise StrategyError(
+                f"strategy {spec.name!r} cannot run on accelerator {accelerator!r}; "
+                f"it accepts {list(spec.accelerators)}"
+            )
+        self._devices = self._check_devices(devices)
+        if len(self._devices) < spec.min_devices:
+            raise StrategyError(
+                f"strategy {spec.name!r} needs at least {spec.min_devices} devices, got {len(self._devices)}"
+            )
+        if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
+            raise StrategyError(f"num_nodes must be an integer >= 1, got {num_nodes!r}")
+        if num_nodes > 1 and not spec.multi_process:
+            raise StrategyError(
+                f"strategy {spec.name!r} runs in one process and cannot use num_nodes={num_nodes}; "
+                f"use strategy='ddp' for several nodes"
+            )
+        self._num_nodes = num_nodes
+        device_type = self._devices[0].type
+        if precision is None:
+            precision = get_precision("32-true", device_type)
+        elif precision.device_type != device_type:
+            raise StrategyError(
+                f"the precision plugin {precision!r} was built for device type {precision.device_type!r} but "
+                f"the strategy runs on {device_type!r}; build it with get_precision(..., {device_type!r})"
+            )
+        self._precision = precision
+        self._cluster_environment = cluster_environment
+        self._checkpoint_io = checkpoint_io if checkpoint_io is not None else TorchCheckpointIO()
+        unknown = sorted(set(backend_kwargs) - set(self.accepted_kwargs))
+        if unknown:
+            accepted = ", ".join(self.accepted_kwargs) or "none"
+            raise StrategyError(
+                f"strategy {spec.name!r} got unknown keyword argument(s) {unknown}; accepted: {accepted}"
+            )
+        self._backend_kwargs = dict(backend_kwargs)
+        self._launcher: Launcher | None = None
+
+    def _check_devices(self, devices: Sequence[torch.device | str] | None) -> tuple[torch.device, ...]:
+        device_type = get_accelerator(self._accelerator).device_type
+        if devices is None:
+            return (torch.device("cpu") if device_type == "cpu" else torch.device(device_type, 0),)
+        if isinstance(devices, (str, torch.device)) or not isinstance(devices, Sequence) or not devices:
+            raise StrategyError(
+                f"devices must be a non-empty sequence of torch.device (e.g. [torch.device('cpu')] * 2), "
+                f"got {devices!r}"
+            )
+        parsed = tuple(torch.device(d) for d in devices)
+        wrong = [str(d) for d in parsed if d.type != device_type]
+        if wrong:
+            raise StrategyError(
+                f"devices {wrong} do not belong to accelerator {self._accelerator!r} "
+                f"(device type {device_type!r})"
+            )
+        return parsed
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A launcher holds live process handles; each process builds its own.
+        state = self.__dict__.copy()
+        state["_launcher"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(accelerator={self._accelerator!r}, devices={len(self._devices)}, "
+            f"num_nodes={self._num_nodes}, precision={self._precision.name!r})"
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def accelerator(self) -> str:
+        """The canonical accelerator name ("cpu", "cuda", ...)."""
+        return self._accelerator
+
+    @property
+    def devices(self) -> tuple[torch.device, ...]:
+        """The devices of this node (one per process for multi-process strategies)."""
+        return self._devices
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of nodes."""
+        return self._num_nodes
+
+    @property
+    def num_processes(self) -> int:
+        """Processes per node: one for single-process strategies."""
+        return 1
+
+    @property
+    def root_device(self) -> torch.device:
+        """The device this process computes on."""
+        return self._devices[0]
+
+    @property
+    def world_size(self) -> int:
+        """Number of processes in the job."""
+        return 1
+
+    @property
+    def global_rank(self) -> int:
+        """This process's rank in the job."""
+        return 0
+
+    @property
+    def local_rank(self) -> int:
+        """This process's rank on its node."""
+        return 0
+
+    @property
+    def node_rank(self) -> int:
+        """This node's rank."""
+        return 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this is global rank 0 (the one that writes checkpoints)."""
+        return self.global_rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether several processes take part (data must be split between them)."""
+        return self.world_size > 1
+
+    @property
+    def launcher(self) -> Launcher | None:
+        """What starts the processes; None for strategies that run in the current process only."""
+        return None
+
+    @property
+    def precision(self) -> Precision:
+        """The precision plugin backward and optimizer steps go through."""
+        return self._precision
+
+    @property
+    def cluster_environment(self) -> ClusterEnvironment:
+        """Where ranks, world size and the main address come from (detected if not given)."""
+        if self._cluster_environment is None:
+            self._cluster_environment = lite_collectives.detect_environment()
+        return self._cluster_environment
+
+    @property
+    def checkpoint_io(self) -> CheckpointIO:
+        """How checkpoints are written and read."""
+        return self._checkpoint_io
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        """``{"num_replicas", "rank"}`` for a DistributedSampler, or None when data need not be split."""
+        if not self.is_distributed:
+            return None
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    # ------------------------------------------------------------------ setup
+    def setup_environment(self) -> None:
+        """In each process, before user code: select the device (and join the process group)."""
+        if self.root_device.type == "cuda":
+            torch.cuda.set_device(self.root_device)
+
+    def setup_module_and_optimizers(
+        self, module: nn.Module, optimizers: list[torch.optim.Optimizer]
+    ) -> tuple[nn.Module, list[torch.optim.Optimizer]]:
+        """Set up a module and its optimizers together; returns what to train with.
+
+        The default wraps the module with :meth:`setup_module` and keeps the optimizers: they
+        hold the module's parameters, which conversion and moving keep (in place). Backends
+        that replace the optimizers (DeepSpeed's engine, fairscale's OSS) or need them built
+        after wrapping (FSDP) override this.
+        """
+        return self.setup_module(module), list(optimizers)
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        """Convert the module to the precision, move it to the root device and wrap it.
+
+        The order matters: a wrapper like DDP registers its buckets on the parameters as
+        they are, so the dtype and device must be final before wrapping.
+        """
+        module = self.precision.convert_module(module)
+        module = self.module_to_device(module)
+        return self._wrap_module(module)
+
+    def _wrap_module(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def module_to_device(self, module: nn.Module) -> nn.Module:
+        """Move the module's parameters and buffers to the root device (in place); returns it."""
+        return module.to(self.root_device)
+
+    def batch_to_device(self, batch: Any) -> Any:
+        """Return ``batch`` (any collection) with its tensors on the root device."""
+        return move_to_device(batch, self.root_device)
+
+    # ------------------------------------------------------------------ training step
+    def backward(self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kwargs: Any) -> None:
+        """Backward through the precision plugin (which scales the loss for 16-mixed)."""
+        self.precision.backward(tensor, *args, **kwargs)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        """Step through the precision plugin (unscale, skip on inf); returns the step's value."""
+        return self.precision.optimizer_step(optimizer, **kwargs)
+
+    def no_backward_sync(self, module: nn.Module) -> AbstractContextManager[Any]:
+        """A context in which backward does not synchronize gradients (a no-op here)."""
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ collectives
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Gather ``data`` from every process (see lite_collectives.all_gather)."""
+        return lite_collectives.all_gather(data, group=group, sync_grads=sync_grads)
+
+    def all_reduce(self, data: Any, op: str = "mean", group: Any = None) -> Any:
+        """Reduce ``data`` over every process with ``op`` (sum, mean, max, min, product)."""
+        return lite_collectives.all_reduce(data, op=op, group=group)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Send ``obj`` from rank ``src`` to every process; returns it everywhere."""
+        return lite_collectives.broadcast(obj, src=src)
+
+    def barrier(self, name: str | None = None) -> None:
+        """Wait for every process (``name`` only labels the call); a no-op in one process."""
+        if self.is_distributed:
+            lite_collectives.barrier()
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
+        """The module's state dict with its original keys (no wrapper's ``module.`` prefix)."""
+        return unwrap_module(module).state_dict()
+
+    def save_checkpoint(self, path: _PathLike, state: dict[str, Any]) -> None:
+        """Save ``state`` to ``path`` from global rank 0 only, atomically; every rank waits for it.
+
+        Modules and optimizers at the top level of ``state`` are saved as their state dicts.
+        """
+        if self.is_global_zero:
+            self.checkpoint_io.save_checkpoint(self._convert_state(state), path)
+        self.barrier("save_checkpoint")
+
+    def _convert_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        converted: dict[str, Any] = {}
+        for key, value in state.items():
+            if isinstance(value, nn.Module):
+                converted[key] = self.get_module_state_dict(value)
+            elif isinstance(value, torch.optim.Optimizer):
+                converted[key] = value.state_dict()
+            else:
+                converted[key] = value
+        return converted
+
+    def load_checkpoint(self, path: _PathLike, *, weights_only: bool = True) -> dict[str, Any]:
+        """Load a checkpoint on this rank with tensors on the root device.
+
+        ``weights_only=False`` unpickles arbitrary objects: only for files you trust.
+        """
+        return self.checkpoint_io.load_checkpoint(
+            path, map_location=self.root_device, weights_only=weights_only
+        )
+
+    def teardown(self) -> None:
+        """Release what :meth:`setup_environment` acquired."""
+
+
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """The user's module inside DDP/DataParallel (and similar ``.module`` wrappers)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while isinstance(module, (DistributedDataParallel, DataParallel)):
+        module = module.module
+    return module
+
+
+class ParallelStrategy(Strategy):
+    """A strategy with one process per device, joined by a process group (lite_collectives).
+
+    Ranks come from the cluster environment: ``global_rank = node_rank * devices + local_rank``
+    unless an external launcher (torchrun, SLURM, MPI) assigned them.
+    """
+
+    strategy_name: ClassVar[str] = "ddp"
+    accepted_kwargs: ClassVar[tuple[str, ...]] = ("process_group_backend", "timeout")
+    #: None: the ScriptLauncher; "spawn"/"fork": the SpawnLauncher with that start method.
+    start_method: ClassVar[str | None] = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        backend = self._backend_kwargs.pop("process_group_backend", None)
+        if backend is not None and not isinstance(backend, str):
+            raise StrategyError(
+                f"process_group_backend must be a string like 'gloo' or 'nccl', got {backend!r}"
+            )
+        self._process_group_backend: str | None = backend
+        timeout = self._backend_kwargs.pop("timeout", timedelta(minutes=30))
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+            timeout = timedelta(seconds=timeout)
+        if not isinstance(timeout, timedelta) or timeout.total_seconds() <= 0:
+            raise StrategyError(f"timeout must be a positive timedelta or number of seconds, got {timeout!r}")
+        self._timeout = timeout
+        self._owns_process_group = False
+        if self.start_method is not None:
+            from lite_strategies._spawn_launcher import check_start_method
+
+            check_start_method(self.start_method)
+
+    @property
+    def num_processes(self) -> int:
+        """Processes per node: one per device."""
+        return len(self._devices)
+
+    @property
+    def world_size(self) -> int:
+        """``num_nodes * devices``."""
+        return self._num_nodes * self.num_processes
+
+    @property
+    def global_rank(self) -> int:
+        """This process's rank in the job (from the cluster environment)."""
+        return self.cluster_environment.global_rank()
+
+    @property
+    def local_rank(self) -> int:
+        """This process's rank on its node (from the cluster environment)."""
+        return self.cluster_environment.local_rank()
+
+    @property
+    def node_rank(self) -> int:
+        """This node's rank (from the cluster environment, e.g. NODE_RANK)."""
+        return self.cluster_environment.node_rank()
+
+    @property
+    def root_device(self) -> torch.device:
+        """This process's device: ``devices[local_rank]``."""
+        local_rank = self.local_rank
+        if local_rank >= len(self._devices):
+            raise StrategyError(
+                f"local rank {local_rank} has no device: this node was given {len(self._devices)} device(s); "
+                f"start at most that many processes per node"
+            )
+        return self._devices[local_rank]
+
+    @property
+    def launcher(self) -> Launcher | None:
+        """The ScriptLauncher, or a SpawnLauncher for ``start_method`` "spawn"/"fork"."""
+        if self._launcher is None:
+            if self.start_method is None:
+                from lite_strategies._script_launcher import ScriptLauncher
+
+                self._launcher = ScriptLauncher(self)
+            else:
+                from lite_strategies._spawn_launcher import SpawnLauncher
+
+                self._launcher = SpawnLauncher(self, start_method=self.start_method)
+        return self._launcher
+
+    def setup_environment(self) -> None:
+        """Set the ranks on the cluster environment, select the device and join the process group."""
+        env = self.cluster_environment
+        if env.creates_processes_externally:
+            if env.world_size() != self.world_size:
+                raise StrategyError(
+                    f"{type(env).__name__} started {env.world_size()} processes in all, but this strategy "
+                    f"expects num_nodes x devices = {self._num_nodes} x {self.num_processes} = {self.world_size}; "
+                    f"pass devices and num_nodes that match the launcher"
+                )
+        else:
+            env.set_world_size(self.world_size)
+            env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
+        super().setup_environment()
+        self._owns_process_group = not lite_collectives.is_initialized()
+        lite_collectives.init_process_group(
+            env,
+            backend=self._process_group_backend,
+            device_type=self.root_device.type,
+            timeout=self._timeout,
+        )
+
+    def barrier(self, name: str | None = None) -> None:
+        """Wait for every process (a no-op before the process group exists)."""
+        if lite_collectives.is_initialized():
+            lite_collectives.barrier()
+
+    def teardown(self) -> None:
+        """Destroy the process group this strategy created and tear the environment down."""
+        if self._owns_process_group and lite_collectives.is_initialized():
+            lite_collectives.destroy_process_group()
+        self._owns_process_group = False
+        self.cluster_environment.teardown()
