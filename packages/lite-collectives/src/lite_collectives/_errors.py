@@ -1,0 +1,29 @@
+"""The exceptions lite_collectives raises."""
+
+from __future__ import annotations
+
+
+class CollectiveError(ValueError):
+    """A collective or process-group call was asked for something it cannot do.
+
+    Raised for an unknown reduce op, tensors whose shapes or dtypes differ across ranks where
+    they must agree (the message lists every rank's shapes), a ``src`` outside the group, an
+    unknown device type or an unavailable backend, or a second ``init_process_group`` whose
+    settings conflict with the running group.
+    """
+
+
+class CollectiveTimeoutError(RuntimeError):
+    """A wait ran out: not every rank reached a collective (or the rendezvous) in time.
+
+    The message names the operation, the timeout, this rank and what to check.
+    """
+
+
+class ClusterEnvironmentError(ValueError):
+    """A cluster environment cannot provide what a process group needs.
+
+    Raised for a missing or malformed variable (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ...),
+    an impossible rank/world size, or a main port that is already taken; the message names the
+    variable or the address and port, and the fix.
+    """
