@@ -147,7 +147,7 @@ def _resolve_op(op: Any) -> str:
     """Canonical op name for a string (case-insensitive) or a torch ReduceOp."""
     if isinstance(op, str) and op.lower() in _OPS:
         return _OPS[op.lower()]
-    if not isinstance(op, str):
+    if isinstance(op, (dist.ReduceOp, dist.ReduceOp.RedOpType)):
         pairs = [
             (dist.ReduceOp.SUM, "sum"),
             (dist.ReduceOp.AVG, "mean"),
@@ -156,11 +156,8 @@ def _resolve_op(op: Any) -> str:
             (dist.ReduceOp.PRODUCT, "product"),
         ]
         for reduce_op, name in pairs:
-            try:
-                if op == reduce_op:
-                    return name
-            except (TypeError, RuntimeError):
-                break
+            if op == reduce_op:
+                return name
     raise CollectiveError(
         f"unknown reduce op {op!r}; accepted: {', '.join(_OPS)} "
         "(case-insensitive) or torch.distributed.ReduceOp SUM/AVG/MAX/MIN/PRODUCT."
