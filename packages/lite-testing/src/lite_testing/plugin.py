@@ -8,7 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 # Variables that torch or a launcher may set as a side effect and that a test may not leave behind.
-_IGNORED_ENV = {"PYTEST_CURRENT_TEST", "CUDA_MODULE_LOADING", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"}
+_IGNORED_ENV = {
+    "PYTEST_CURRENT_TEST",
+    "CUDA_MODULE_LOADING",
+    "KMP_DUPLICATE_LIB_OK",
+    "KMP_INIT_AT_FORK",
+    "TORCHINDUCTOR_CACHE_DIR",  # set by torch when its compiler stack is first imported
+}
 
 
 @pytest.fixture(autouse=True)
