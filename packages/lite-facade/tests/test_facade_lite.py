@@ -51,7 +51,8 @@ def test_setup_keeps_the_originals_reachable_and_the_keys_plain() -> None:
         assert list(lite_model.state_dict()) == list(model.state_dict())
         assert lite_optimizer.param_groups is optimizer.param_groups
         assert lite_optimizer.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
-        assert lite_model[0] is model[0]  # attribute access falls through
+        model.custom_attribute = "x"
+        assert lite_model.custom_attribute == "x"  # attribute access falls through
         only_model = self.setup(nn.Linear(2, 2))
         assert isinstance(only_model, nn.Module) and not isinstance(only_model, tuple)
 
@@ -210,14 +211,13 @@ def test_save_and_load_round_trip_with_plain_keys(tmp_path: Path) -> None:
 
 
 def test_seed_everything_works_on_the_class_and_the_instance(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
-    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+    for key in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # recorded, so monkeypatch restores them afterwards
+        monkeypatch.setenv(key, "0")
+        monkeypatch.delenv(key)
     assert LightningLite.seed_everything(7) == 7
     a = torch.rand(3)
     assert lite().seed_everything(7) == 7
     torch.testing.assert_close(torch.rand(3), a)
-    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
-    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
 
 
 # -- two processes ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from lite_facade._build import build_strategy
-from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
+from lite_facade._resolve import Inventory, Plan, resolve_plan
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
 
 __all__ = ["LightningLite"]
@@ -87,21 +87,22 @@ class LightningLite(ABC):
 
     # -- the run machinery ---------------------------------------------------------------------------
 
-    def _run_with_environment(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _run_with_environment(self, *args: Any, **kwargs: Any) -> Any:
         """Runs in every process (after the launcher set the strategy's environment up)."""
         self._environment_ready = True
         self._launched = True
         try:
-            return fn(self, *args, **kwargs)
+            # With `_launched` set, the launching wrapper of `run` calls the user's body directly.
+            return self.run(*args, **kwargs)
         finally:
             self._launched = False
 
-    def _launch(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _launch(self, *args: Any, **kwargs: Any) -> Any:
         launcher = self._strategy.launcher
         if launcher is None:
             self._ensure_environment()
-            return self._run_with_environment(fn, *args, **kwargs)
-        return launcher.launch(self._run_with_environment, fn, *args, **kwargs)
+            return self._run_with_environment(*args, **kwargs)
+        return launcher.launch(self._run_with_environment, *args, **kwargs)
 
     def _ensure_environment(self) -> None:
         if self._environment_ready:
@@ -156,9 +157,7 @@ class LightningLite(ABC):
         """
         self._check_setup_arguments(model, optimizers)
         self._ensure_environment()
-        module, opts = self._strategy.setup_module_and_optimizers(
-            model, list(optimizers), move_to_device=move_to_device
-        )
+        module, opts = self._strategy.setup_module_and_optimizers(model, list(optimizers))
         wrapped = _LiteModule(module, self._precision, original_module=model)
         self._models.append(wrapped)
         if not optimizers:
@@ -291,7 +290,7 @@ def _launching(run: Callable[..., Any]) -> Callable[..., Any]:
     def launch_then_run(self: LightningLite, *args: Any, **kwargs: Any) -> Any:
         if self._launched:  # already inside the processes (e.g. super().run(...) from a subclass)
             return run(self, *args, **kwargs)
-        return self._launch(run, *args, **kwargs)
+        return self._launch(*args, **kwargs)
 
     launch_then_run._lite_launches = True  # type: ignore[attr-defined]
     return launch_then_run
@@ -305,6 +304,3 @@ def _state_of(content: Any) -> Any:
         return content.state_dict()
     return content
 
-
-__all__ += []
-_ = LiteConfigurationError
