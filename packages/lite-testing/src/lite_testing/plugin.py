@@ -14,6 +14,7 @@ _IGNORED_ENV = {
     "KMP_DUPLICATE_LIB_OK",
     "KMP_INIT_AT_FORK",
     "TORCHINDUCTOR_CACHE_DIR",  # set by torch when its compiler stack is first imported
+    "TRITON_CACHE_DIR",
 }
 
 
