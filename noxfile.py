@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 
 import nox
+import tomllib
 
 ROOT = Path(__file__).parent
 PACKAGES_DIR = ROOT / "packages"
@@ -75,7 +75,16 @@ def install_wheels(session: nox.Session, packages: list[str], *extra: str) -> No
         for old in out.glob("*.whl"):
             old.unlink()
     for name in packages:
-        session.run("uv", "build", "--quiet", "--wheel", "--out-dir", str(out), str(PACKAGES_DIR / name), external=True)
+        session.run(
+            "uv",
+            "build",
+            "--quiet",
+            "--wheel",
+            "--out-dir",
+            str(out),
+            str(PACKAGES_DIR / name),
+            external=True,
+        )
     wheels = sorted(str(w) for w in out.glob("*.whl"))
     session.install(*wheels, TORCH, *extra)
 

@@ -20,7 +20,9 @@ from torch import nn
 SIZES = {"tiny": (32, 32, 1, 32), "medium": (1024, 4096, 1024, 256)}  # in, hidden, out, batch
 
 
-def make(size: str, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
+def make(
+    size: str, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
     d_in, hidden, d_out, batch = SIZES[size]
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
@@ -70,7 +72,9 @@ def lite_runner(size: str, device: torch.device, precision: str) -> Callable[[in
 def fabric_runner(size: str, device: torch.device, precision: str) -> Callable[[int], None]:
     from lightning.fabric import Fabric
 
-    fabric = Fabric(accelerator=device.type, devices=1, precision="bf16-mixed" if precision == "bf16-mixed" else "32-true")
+    fabric = Fabric(
+        accelerator=device.type, devices=1, precision="bf16-mixed" if precision == "bf16-mixed" else "32-true"
+    )
     model, opt, x, y = make(size, device)
     model, opt = fabric.setup(model, opt)
 
@@ -104,7 +108,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(runners: dict[str, Callable[[int], None]], device: torch.device, steps: int, rounds: int) -> dict[str, float]:
+def measure(
+    runners: dict[str, Callable[[int], None]], device: torch.device, steps: int, rounds: int
+) -> dict[str, float]:
     for run in runners.values():  # warm-up
         run(max(10, steps // 10))
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -124,17 +130,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--sizes", default="tiny,medium")
-    parser.add_argument("--peers", action="store_true", help="also time Lightning Fabric and Accelerate if installed")
+    parser.add_argument(
+        "--peers", action="store_true", help="also time Lightning Fabric and Accelerate if installed"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, device {device}"
+        + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
+    )
     print("| model | precision | runner | median step (us) | ratio to torch |")
     print("|---|---|---|---|---|")
     for size in args.sizes.split(","):
         steps = args.steps if size == "tiny" else max(20, args.steps // 10)
         for precision in ("32-true", "bf16-mixed"):
-            runners = {"torch": raw_runner(size, device, precision), "lite": lite_runner(size, device, precision)}
+            runners = {
+                "torch": raw_runner(size, device, precision),
+                "lite": lite_runner(size, device, precision),
+            }
             if args.peers:
                 for name, factory in (("fabric", fabric_runner), ("accelerate", accelerate_runner)):
                     try:
@@ -143,7 +156,9 @@ def main() -> None:
                         pass
             medians = measure(runners, device, steps, args.rounds)
             for name, value in medians.items():
-                print(f"| {size} | {precision} | {name} | {value * 1e6:.1f} | {value / medians['torch']:.3f} |")
+                print(
+                    f"| {size} | {precision} | {name} | {value * 1e6:.1f} | {value / medians['torch']:.3f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -204,7 +204,9 @@ def test_save_and_load_round_trip_with_plain_keys(tmp_path: Path) -> None:
         for a, b in zip(fresh.parameters(), model.module.parameters()):
             torch.testing.assert_close(a, b)
         self.save(model.state_dict(), tmp_path / "weights.pt")
-        nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)).load_state_dict(self.load(tmp_path / "weights.pt"))
+        nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)).load_state_dict(
+            self.load(tmp_path / "weights.pt")
+        )
 
     lite().run(body)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "weights.pt"]  # no temporary files left

@@ -6,12 +6,14 @@ from typing import Any
 
 import pytest
 import torch
-from lite_collectives import ClusterEnvironment, LightningEnvironment, TorchElasticEnvironment
 
+from lite_collectives import ClusterEnvironment, LightningEnvironment, TorchElasticEnvironment
 from lite_facade import Inventory, LiteConfigurationError, resolve_plan
 
 CPU_ONLY = Inventory(device_counts={"cpu": 1}, installed=frozenset(), environment=LightningEnvironment())
-FOUR_GPUS = Inventory(device_counts={"cpu": 1, "cuda": 4}, installed=frozenset(), environment=LightningEnvironment())
+FOUR_GPUS = Inventory(
+    device_counts={"cpu": 1, "cuda": 4}, installed=frozenset(), environment=LightningEnvironment()
+)
 
 
 def resolve(inventory: Inventory = CPU_ONLY, **flags: Any) -> Any:
@@ -26,7 +28,11 @@ def resolve(inventory: Inventory = CPU_ONLY, **flags: Any) -> Any:
         ({"accelerator": "cpu", "devices": 2}, CPU_ONLY, ("cpu", 2, "ddp_spawn", "32-true")),
         ({"accelerator": "cpu", "devices": "3"}, CPU_ONLY, ("cpu", 3, "ddp_spawn", "32-true")),
         ({"accelerator": "cpu", "devices": 2, "strategy": "DDP"}, CPU_ONLY, ("cpu", 2, "ddp", "32-true")),
-        ({"accelerator": "cpu", "devices": 2, "strategy": "ddp_fork"}, CPU_ONLY, ("cpu", 2, "ddp_fork", "32-true")),
+        (
+            {"accelerator": "cpu", "devices": 2, "strategy": "ddp_fork"},
+            CPU_ONLY,
+            ("cpu", 2, "ddp_fork", "32-true"),
+        ),
         ({"precision": 16}, CPU_ONLY, ("cpu", 1, "single_device", "16-mixed")),
         ({"precision": "bf16"}, CPU_ONLY, ("cpu", 1, "single_device", "bf16-mixed")),
         ({"precision": 64}, CPU_ONLY, ("cpu", 1, "single_device", "64-true")),
@@ -40,7 +46,9 @@ def resolve(inventory: Inventory = CPU_ONLY, **flags: Any) -> Any:
         ({"accelerator": "cpu", "num_nodes": 2}, CPU_ONLY, ("cpu", 1, "ddp_spawn", "32-true")),
     ],
 )
-def test_flags_resolve_to_plan(flags: dict[str, Any], inventory: Inventory, expected: tuple[Any, ...]) -> None:
+def test_flags_resolve_to_plan(
+    flags: dict[str, Any], inventory: Inventory, expected: tuple[Any, ...]
+) -> None:
     plan = resolve(inventory, **flags)
     assert (plan.accelerator, plan.num_devices, plan.strategy, plan.precision) == expected
     assert plan.world_size == plan.num_devices * plan.num_nodes
@@ -67,7 +75,11 @@ def test_selected_gpu_indices_are_kept() -> None:
         ({"num_nodes": "2"}, CPU_ONLY, ["num_nodes='2'"]),
         ({"strategy": "deepspeed"}, CPU_ONLY, ["deepspeed", "pip install 'lite-strategies[deepspeed]'"]),
         ({"strategy": "ddp_sharded"}, CPU_ONLY, ["fairscale", "lite-strategies[fairscale]"]),
-        ({"strategy": "single_device", "accelerator": "cpu", "devices": 2}, CPU_ONLY, ["single_device", "devices=1"]),
+        (
+            {"strategy": "single_device", "accelerator": "cpu", "devices": 2},
+            CPU_ONLY,
+            ["single_device", "devices=1"],
+        ),
         ({"strategy": "dp", "accelerator": "cuda", "devices": 2, "num_nodes": 2}, FOUR_GPUS, ["'dp'"]),
         ({"strategy": 3}, CPU_ONLY, ["strategy=3"]),
         ({"plugins": ["not a plugin"]}, CPU_ONLY, ["'not a plugin'", "ClusterEnvironment"]),
@@ -103,7 +115,10 @@ def test_dp_on_cpu_runs_as_ddp_with_a_warning() -> None:
 
 def test_precision_16_without_cpu_fp16_autocast_runs_as_bf16_with_a_warning() -> None:
     inventory = Inventory(
-        device_counts={"cpu": 1}, installed=frozenset(), environment=LightningEnvironment(), cpu_fp16_autocast=False
+        device_counts={"cpu": 1},
+        installed=frozenset(),
+        environment=LightningEnvironment(),
+        cpu_fp16_autocast=False,
     )
     plan = resolve(inventory, precision=16)
     assert plan.precision == "bf16-mixed"
@@ -111,12 +126,16 @@ def test_precision_16_without_cpu_fp16_autocast_runs_as_bf16_with_a_warning() ->
 
 
 def test_installed_backend_resolves() -> None:
-    inventory = Inventory(device_counts={"cpu": 1}, installed=frozenset({"deepspeed"}), environment=LightningEnvironment())
+    inventory = Inventory(
+        device_counts={"cpu": 1}, installed=frozenset({"deepspeed"}), environment=LightningEnvironment()
+    )
     assert resolve(inventory, strategy="deepspeed", accelerator="cpu", devices=2).strategy == "deepspeed"
 
 
 def test_interactive_session_defaults_to_fork_and_refuses_script_relaunch() -> None:
-    inventory = Inventory(device_counts={"cpu": 1}, installed=frozenset(), environment=LightningEnvironment(), interactive=True)
+    inventory = Inventory(
+        device_counts={"cpu": 1}, installed=frozenset(), environment=LightningEnvironment(), interactive=True
+    )
     assert resolve(inventory, accelerator="cpu", devices=2).strategy == "ddp_fork"
     with pytest.raises(LiteConfigurationError, match="ddp_fork"):
         resolve(inventory, accelerator="cpu", devices=2, strategy="ddp")
@@ -141,7 +160,9 @@ def test_custom_cluster_environment_in_plugins_wins() -> None:
     assert plan.environment is cluster
 
 
-def test_spawn_under_an_external_launcher_uses_the_existing_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spawn_under_an_external_launcher_uses_the_existing_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for key, value in {
         "TORCHELASTIC_RUN_ID": "1",
         "RANK": "0",
@@ -153,7 +174,9 @@ def test_spawn_under_an_external_launcher_uses_the_existing_processes(monkeypatc
         "MASTER_PORT": "29999",
     }.items():
         monkeypatch.setenv(key, value)
-    inventory = Inventory(device_counts={"cpu": 1}, installed=frozenset(), environment=TorchElasticEnvironment())
+    inventory = Inventory(
+        device_counts={"cpu": 1}, installed=frozenset(), environment=TorchElasticEnvironment()
+    )
     plan = resolve(inventory, accelerator="cpu", devices=2, strategy="ddp_spawn")
     assert plan.strategy == "ddp"
     assert "TorchElasticEnvironment" in plan.warnings[0]

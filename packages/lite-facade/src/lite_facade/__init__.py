@@ -1,17 +1,16 @@
 """lite_facade: ``LightningLite``, a drop-in for ``pytorch_lightning.lite.LightningLite``.
 
-    from lite_facade import LightningLite
+from lite_facade import LightningLite
 
-    class Lite(LightningLite):
-        def run(self):
-            model, optimizer = self.setup(model, optimizer)
-            ...
+class Lite(LightningLite):
+    def run(self):
+        model, optimizer = self.setup(model, optimizer)
+        ...
 
-    Lite(strategy="ddp", devices=2, accelerator="cpu").run()
+Lite(strategy="ddp", devices=2, accelerator="cpu").run()
 """
 
 from lite_data import seed_everything
-
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 from lite_facade.lite import LightningLite
 

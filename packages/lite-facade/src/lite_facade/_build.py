@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from lite_precision import get_precision
-from lite_strategies import Strategy, get_strategy_spec
+from typing import Any
 
 from lite_facade._resolve import Plan
+from lite_precision import get_precision
+from lite_strategies import Strategy, get_strategy_spec
 
 
 def build_strategy(plan: Plan) -> Strategy:
     """Create (or complete, for a user's strategy object) the strategy of ``plan``; touches no device."""
     precision = plan.precision_plugin or get_precision(plan.precision, device_type=plan.devices[0].type)
-    settings = dict(
+    settings: dict[str, Any] = dict(
         accelerator=plan.accelerator,
         devices=plan.devices,
         num_nodes=plan.num_nodes,

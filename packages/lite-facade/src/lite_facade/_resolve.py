@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
 from lite_collectives import ClusterEnvironment, detect_environment
 from lite_devices import ACCELERATORS, DeviceError, available_accelerators, get_accelerator, parse_devices
 from lite_precision import Precision, PrecisionError, canonical_precision, get_precision
@@ -106,7 +107,9 @@ def resolve_plan(
     environment = environment or inventory.environment
     if plugin_strategy is not None:
         if strategy is not None:
-            errors.append("a strategy was given both as `strategy=` and in `plugins`; pass it once, as `strategy=`")
+            errors.append(
+                "a strategy was given both as `strategy=` and in `plugins`; pass it once, as `strategy=`"
+            )
         strategy = plugin_strategy
 
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
@@ -116,7 +119,8 @@ def resolve_plan(
     selection = None
     try:
         selection = parse_devices(
-            devices, "cpu" if accelerator is None and gpus is None and tpu_cores is None else accelerator or "auto",
+            devices,
+            "cpu" if accelerator is None and gpus is None and tpu_cores is None else accelerator or "auto",
             gpus=gpus,
             tpu_cores=tpu_cores,
             device_counts=inventory.device_counts,
@@ -126,13 +130,24 @@ def resolve_plan(
     accelerator_name = selection.accelerator if selection else _accelerator_name(accelerator, gpus, tpu_cores)
     device_list = selection.devices if selection else (torch.device("cpu"),)
 
-    strategy_name, strategy_object = _strategy_name(strategy, len(device_list), num_nodes, environment, inventory, errors)
+    strategy_name, strategy_object = _strategy_name(
+        strategy, len(device_list), num_nodes, environment, inventory, errors
+    )
     if strategy_name is not None:
         strategy_name = _check_strategy(
-            strategy_name, accelerator_name, len(device_list), num_nodes, environment, inventory, errors, warnings
+            strategy_name,
+            accelerator_name,
+            len(device_list),
+            num_nodes,
+            environment,
+            inventory,
+            errors,
+            warnings,
         )
 
-    precision_name = _precision_name(precision, precision_plugin, accelerator_name, inventory, errors, warnings)
+    precision_name = _precision_name(
+        precision, precision_plugin, accelerator_name, inventory, errors, warnings
+    )
 
     if errors:
         asked = _describe_flags(accelerator, strategy, devices, num_nodes, precision, gpus, tpu_cores)
@@ -209,7 +224,7 @@ def _strategy_name(
     errors: list[str],
 ) -> tuple[str | None, Strategy | None]:
     if isinstance(strategy, Strategy):
-        return type(strategy).strategy_name, strategy  # type: ignore[attr-defined]
+        return type(strategy).strategy_name, strategy
     if strategy is None:
         if num_devices * num_nodes <= 1:
             return "single_device", None
@@ -239,7 +254,9 @@ def _check_strategy(
     spec = get_strategy_spec(name)
     if name == "dp" and accelerator == "cpu":
         # LightningLite ran this as DDP; keep running it, but say so.
-        warnings.append("strategy='dp' needs GPUs; on the CPU it runs as strategy='ddp' (as LightningLite did).")
+        warnings.append(
+            "strategy='dp' needs GPUs; on the CPU it runs as strategy='ddp' (as LightningLite did)."
+        )
         spec = get_strategy_spec("ddp")
     if spec.launcher in ("spawn", "fork") and environment.creates_processes_externally:
         warnings.append(
@@ -263,8 +280,14 @@ def _check_strategy(
             f"{num_nodes} node(s) were asked for; use strategy='ddp' (or 'ddp_spawn') or devices=1"
         )
     if spec.launcher == "fork" and sys.platform == "win32":
-        errors.append(f"strategy={spec.name!r} needs the 'fork' start method, which Windows lacks; use 'ddp_spawn'")
-    if inventory.interactive and spec.launcher in ("script", "spawn") and not environment.creates_processes_externally:
+        errors.append(
+            f"strategy={spec.name!r} needs the 'fork' start method, which Windows lacks; use 'ddp_spawn'"
+        )
+    if (
+        inventory.interactive
+        and spec.launcher in ("script", "spawn")
+        and not environment.creates_processes_externally
+    ):
         errors.append(
             f"strategy={spec.name!r} cannot start processes from an interactive session (notebook/REPL); "
             "use strategy='ddp_fork' (alias 'ddp_notebook') or run a script"
@@ -296,7 +319,9 @@ def _precision_name(
     return name
 
 
-def _describe_flags(accelerator: Any, strategy: Any, devices: Any, num_nodes: Any, precision: Any, gpus: Any, tpu_cores: Any) -> str:
+def _describe_flags(
+    accelerator: Any, strategy: Any, devices: Any, num_nodes: Any, precision: Any, gpus: Any, tpu_cores: Any
+) -> str:
     given: Mapping[str, Any] = {
         "accelerator": accelerator,
         "strategy": strategy,

@@ -8,9 +8,8 @@ once, at construction, from the precision's fast-path flags.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import torch
 from torch import nn
 from torch.optim import Optimizer
 
@@ -37,7 +36,12 @@ class _LiteModule(nn.Module):
     @property
     def module(self) -> nn.Module:
         """The model that was passed to ``setup``."""
-        return self._original_module  # type: ignore[no-any-return]
+        return cast(nn.Module, self._original_module)
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """What the strategy wrapped (e.g. the DDP module): what the forward actually runs."""
+        return cast(nn.Module, self._forward_module)
 
     def _choose_forward(self, precision: Precision) -> Callable[..., Any]:
         run = self._forward_module
@@ -93,7 +97,7 @@ class _LiteOptimizer(Optimizer):
         """The optimizer that was passed to ``setup``."""
         return self._optimizer
 
-    @property  # type: ignore[override]
+    @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self._optimizer.param_groups
 
@@ -101,7 +105,7 @@ class _LiteOptimizer(Optimizer):
     def param_groups(self, value: list[dict[str, Any]]) -> None:
         self._optimizer.param_groups = value
 
-    @property  # type: ignore[override]
+    @property
     def state(self) -> Any:
         return self._optimizer.state
 
@@ -109,7 +113,7 @@ class _LiteOptimizer(Optimizer):
     def state(self, value: Any) -> None:
         self._optimizer.state = value
 
-    @property  # type: ignore[override]
+    @property
     def defaults(self) -> dict[str, Any]:
         return self._optimizer.defaults
 
@@ -117,7 +121,7 @@ class _LiteOptimizer(Optimizer):
     def defaults(self, value: dict[str, Any]) -> None:
         self._optimizer.defaults = value
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         if closure is None:
             return self._strategy.optimizer_step(self._optimizer)
         return self._strategy.optimizer_step(self._optimizer, closure=closure)
@@ -148,4 +152,3 @@ class _LiteOptimizer(Optimizer):
 
     def __repr__(self) -> str:
         return f"_LiteOptimizer({self._optimizer!r})"
-

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lite_data import DeviceDataLoader, distributed_dataloader, has_iterable_dataset
-from lite_devices import move_to_device
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from lite_data import DeviceDataLoader, distributed_dataloader, has_iterable_dataset
+from lite_devices import move_to_device
 from lite_facade._build import build_strategy
 from lite_facade._resolve import Inventory, Plan, resolve_plan
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
@@ -208,15 +208,20 @@ class LightningLite(ABC):
                     "(the wrapper's `.optimizer`)."
                 )
             if not isinstance(opt, Optimizer):
-                raise TypeError(f"setup() takes torch.optim.Optimizer objects after the model, got {type(opt).__name__}.")
+                raise TypeError(
+                    f"setup() takes torch.optim.Optimizer objects after the model, got {type(opt).__name__}."
+                )
 
     # -- the step ------------------------------------------------------------------------------------
 
-    def backward(self, tensor: torch.Tensor, *args: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
+    def backward(
+        self, tensor: torch.Tensor, *args: Any, model: nn.Module | None = None, **kwargs: Any
+    ) -> None:
         """Use instead of ``loss.backward()``; extra arguments (``retain_graph``, ``inputs``, ...) pass on."""
-        module = model.module if isinstance(model, _LiteModule) else model
-        if module is None and len(self._models) == 1:
-            module = self._models[0]._forward_module
+        if model is None and len(self._models) == 1:
+            model = self._models[0]
+        # The strategy needs what it wrapped (e.g. DeepSpeed's engine), not the user's module.
+        module = model.forward_module if isinstance(model, _LiteModule) else model
         self._strategy.backward(tensor, module, *args, **kwargs)
 
     @contextmanager
@@ -303,4 +308,3 @@ def _state_of(content: Any) -> Any:
     if isinstance(content, (nn.Module, Optimizer)):
         return content.state_dict()
     return content
-

@@ -7,8 +7,9 @@ import pickle
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import torch.multiprocessing as mp
 
@@ -59,7 +60,7 @@ def _child(
             )
         result = fn(rank, world_size, *args)
         payload = ("ok", result)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it is
+    except BaseException as exc:
         payload = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
     finally:
         if init:
@@ -69,7 +70,7 @@ def _child(
                 dist.destroy_process_group()
     try:
         conn.send(pickle.dumps(payload))
-    except Exception as exc:  # noqa: BLE001 - an unpicklable result is an error too
+    except Exception as exc:
         conn.send(pickle.dumps(("error", f"result of rank {rank} cannot be pickled: {exc}")))
     conn.close()
 

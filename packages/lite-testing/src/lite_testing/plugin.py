@@ -24,9 +24,7 @@ def _no_leaked_environment() -> Iterator[None]:
     before = dict(os.environ)
     yield
     after = dict(os.environ)
-    changed = {
-        k for k in set(before) | set(after) if before.get(k) != after.get(k) and k not in _IGNORED_ENV
-    }
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k) and k not in _IGNORED_ENV}
     if changed:
         for key in changed:  # restore, so one leak does not fail every later test
             if key in before:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lite_facade.plugins import environments
 from lite_precision import DoublePrecisionPlugin, NativeMixedPrecisionPlugin, Precision, PrecisionPlugin
 from lite_strategies import CheckpointIO, TorchCheckpointIO
-
-from lite_facade.plugins import environments
 
 # name -> strategy registry name; the classes are fetched on first access (PEP 562).
 _STRATEGY_PLUGINS = {
