@@ -6,7 +6,6 @@ import os
 import pickle
 import shutil
 import tempfile
-import zipfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,7 @@ class TorchCheckpointIO(CheckpointIO):
                 f"checkpoint {str(p)!r} is a directory; TorchCheckpointIO reads files written by torch.save"
             )
         try:
-            return torch.load(p, map_location=map_location, weights_only=weights_only)  # type: ignore[no-any-return]
+            return torch.load(p, map_location=map_location, weights_only=weights_only)
         except pickle.UnpicklingError as exc:
             if weights_only and "Weights only load failed" in str(exc):
                 raise CheckpointError(
@@ -96,7 +95,11 @@ class TorchCheckpointIO(CheckpointIO):
                     f"load it with weights_only=False. Details: {str(exc).splitlines()[0]}"
                 ) from exc
             raise _corrupt(p, exc) from exc
-        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as exc:
+        except (PermissionError, FileNotFoundError):
+            raise
+        except Exception as exc:
+            # A cut-off archive or foreign bytes surface as RuntimeError, OSError(EINVAL),
+            # EOFError, KeyError... from torch's readers: all mean "not a readable checkpoint".
             raise _corrupt(p, exc) from exc
 
 

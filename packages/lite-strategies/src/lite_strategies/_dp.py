@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
+from lite_devices import get_accelerator
+from lite_strategies._errors import StrategyError
 from lite_strategies._strategy import Strategy
 
 
@@ -21,6 +24,13 @@ class DataParallelStrategy(Strategy):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("accelerator", "cuda")
+        devices = kwargs.get("devices") or ()
+        asked = [str(kwargs["accelerator"])] + [str(d) for d in devices]
+        if any(torch.device(d).type != "cuda" for d in devices) or get_accelerator(asked[0]).name != "cuda":
+            raise StrategyError(
+                f"strategy 'dp' (torch.nn.DataParallel) needs CUDA devices, got accelerator={asked[0]!r}, "
+                f"devices={asked[1:] or None}; on CPU use strategy='ddp', 'ddp_spawn' or 'ddp_fork'"
+            )
         super().__init__(**kwargs)
 
     def _wrap_module(self, module: nn.Module) -> nn.Module:

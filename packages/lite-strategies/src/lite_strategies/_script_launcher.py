@@ -92,11 +92,20 @@ class ScriptLauncher:
             return fn(*args, **kwargs)
         except BaseException as exc:
             watcher.handled = True
-            failure = watcher.wait_for_failure(1.0)
+            # A collective fails at once when a peer dies, often before the peer has finished
+            # exiting: give the watcher longer to see which rank it was in that case.
+            failure = watcher.wait_for_failure(FAILURE_GRACE_S if _peer_error(exc) else 1.0)
             stop_processes(list(children.values()))
             if failure is not None and not isinstance(exc, KeyboardInterrupt):
                 raise failure from exc
             raise
+
+
+def _peer_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        word in text for word in ("connection closed", "connection reset", "peer", "broken pipe")
+    )
 
 
 class _ChildWatcher:

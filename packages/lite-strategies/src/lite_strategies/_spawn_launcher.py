@@ -98,7 +98,7 @@ class SpawnLauncher:
             for local_rank in range(strategy.num_processes):
                 recv, send = ctx.Pipe(duplex=False)
                 variables = rank_environment(strategy, local_rank, address, port)
-                proc = ctx.Process(
+                proc = ctx.Process(  # type: ignore[attr-defined]
                     target=_worker,
                     args=(local_rank, strategy, fn, args, kwargs, variables, send, os.getpid()),
                     name=f"lite-rank-{variables['RANK']}",

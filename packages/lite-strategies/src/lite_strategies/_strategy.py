@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
@@ -115,7 +116,13 @@ class Strategy:
         # A launcher holds live process handles; each process builds its own.
         state = self.__dict__.copy()
         state["_launcher"] = None
+        state.pop("_wrapped", None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if isinstance(self, ParallelStrategy):
+            self._wrapped: list[weakref.ref[nn.Module]] = []
 
     def __repr__(self) -> str:
         return (
@@ -352,6 +359,9 @@ class ParallelStrategy(Strategy):
             raise StrategyError(f"timeout must be a positive timedelta or number of seconds, got {timeout!r}")
         self._timeout = timeout
         self._owns_process_group = False
+        # Wrappers this strategy built: destroying the process group under a live DDP module
+        # can hang when the module is freed later, so teardown leaves the group then.
+        self._wrapped: list[weakref.ref[nn.Module]] = []
         if self.start_method is not None:
             from lite_strategies._spawn_launcher import check_start_method
 
@@ -434,9 +444,21 @@ class ParallelStrategy(Strategy):
         if lite_collectives.is_initialized():
             lite_collectives.barrier()
 
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        """Convert, move and wrap the module (see :meth:`Strategy.setup_module`)."""
+        wrapped = super().setup_module(module)
+        if wrapped is not module:
+            self._wrapped.append(weakref.ref(wrapped))
+        return wrapped
+
     def teardown(self) -> None:
-        """Destroy the process group this strategy created and tear the environment down."""
-        if self._owns_process_group and lite_collectives.is_initialized():
+        """Destroy the process group this strategy created and tear the environment down.
+
+        While a module wrapped by this strategy is still referenced, the process group is
+        left to the end of the process: destroying it first can hang when the wrapper is freed.
+        """
+        live = any(ref() is not None for ref in self._wrapped)
+        if self._owns_process_group and lite_collectives.is_initialized() and not live:
             lite_collectives.destroy_process_group()
-        self._owns_process_group = False
+            self._owns_process_group = False
         self.cluster_environment.teardown()

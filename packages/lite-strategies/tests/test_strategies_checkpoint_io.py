@@ -1,0 +1,144 @@
+"""Checkpoint IO: atomic writes, weights-only loads by default, clear errors for bad files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import strategies_testutil  # noqa: F401  (builds torch's first optimizer outside any test)
+import torch
+
+from lite_strategies import CheckpointError, SingleDeviceStrategy, TorchCheckpointIO
+
+
+class _Custom:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class _FailsToPickle:
+    def __reduce__(self) -> Any:
+        raise RuntimeError("writer failed mid-save")
+
+
+def _state(seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(64, 64, generator=g), "step": seed, "nested": {"b": [torch.ones(3) * seed]}}
+
+
+def test_roundtrip(tmp_path: Path) -> None:
+    io = TorchCheckpointIO()
+    path = tmp_path / "sub" / "ckpt.pt"  # parent directories are created
+    io.save_checkpoint(_state(1), path)
+    loaded = io.load_checkpoint(path)
+    torch.testing.assert_close(loaded["w"], _state(1)["w"])
+    assert loaded["step"] == 1
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary file left
+
+
+def test_a_failing_writer_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    io = TorchCheckpointIO()
+    path = tmp_path / "ckpt.pt"
+    io.save_checkpoint(_state(1), path)
+    with pytest.raises(RuntimeError, match="writer failed mid-save"):
+        io.save_checkpoint({**_state(2), "bad": _FailsToPickle()}, path)
+    assert io.load_checkpoint(path)["step"] == 1
+    assert list(tmp_path.iterdir()) == [path]
+
+
+_SAVER = """
+import sys, torch
+from lite_strategies import TorchCheckpointIO
+io, path = TorchCheckpointIO(), sys.argv[1]
+state = {"w": torch.randn(4_000_000), "step": 0}
+io.save_checkpoint(state, path)
+print("first", flush=True)
+step = 0
+while True:
+    step += 1
+    state["step"] = step
+    io.save_checkpoint(state, path)
+"""
+
+
+def test_a_save_killed_mid_write_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "first"
+        time.sleep(1.0)  # the loop writes ~16 MB per save: a kill lands mid-write most of the time
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    loaded = TorchCheckpointIO().load_checkpoint(path)
+    assert loaded["w"].shape == (4_000_000,)
+    assert loaded["step"] >= 0
+
+
+def test_truncated_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    TorchCheckpointIO().save_checkpoint(_state(1), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"checkpoint '.*ckpt\.pt' \(\d+ bytes\) is truncated"):
+        TorchCheckpointIO().load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint\n", b"\x80\x04garbage"])
+def test_non_checkpoint_file_names_the_path(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"notes\.txt"):
+        TorchCheckpointIO().load_checkpoint(path)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        TorchCheckpointIO().load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        TorchCheckpointIO().load_checkpoint(tmp_path)
+
+
+def test_arbitrary_objects_need_an_explicit_opt_in(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    TorchCheckpointIO().save_checkpoint({"obj": _Custom(7)}, path)
+    with pytest.raises(CheckpointError, match="weights_only=False"):
+        TorchCheckpointIO().load_checkpoint(path)
+    assert TorchCheckpointIO().load_checkpoint(path, weights_only=False)["obj"].value == 7
+
+
+def test_remove_checkpoint(tmp_path: Path) -> None:
+    io = TorchCheckpointIO()
+    path = tmp_path / "ckpt.pt"
+    io.save_checkpoint(_state(1), path)
+    io.remove_checkpoint(path)
+    io.remove_checkpoint(path)  # missing is fine
+    assert not path.exists()
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    TorchCheckpointIO().save_checkpoint(_state(1), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_strategy_saves_modules_and_optimizers_as_state_dicts(tmp_path: Path) -> None:
+    strategy = SingleDeviceStrategy()
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "ckpt.pt"
+    strategy.save_checkpoint(path, {"model": model, "optimizer": optimizer, "epoch": 3})
+    loaded = strategy.load_checkpoint(path)
+    assert loaded["model"].keys() == model.state_dict().keys()
+    assert loaded["optimizer"]["param_groups"][0]["lr"] == 0.1
+    assert loaded["epoch"] == 3
+    assert loaded["model"]["weight"].device == strategy.root_device

@@ -1,0 +1,138 @@
+"""Building strategies: validation at construction, nothing touched before setup."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import lite_collectives
+import lite_strategies
+from lite_precision import get_precision
+from lite_strategies import (
+    DataParallelStrategy,
+    DDPForkStrategy,
+    DDPSpawnStrategy,
+    DDPStrategy,
+    SingleDeviceStrategy,
+    StrategyError,
+)
+from lite_testing import run_if
+
+CPU2 = [torch.device("cpu")] * 2
+
+
+def test_ddp_passes_known_kwargs_and_refuses_unknown_ones_with_the_list() -> None:
+    DDPStrategy(devices=CPU2, find_unused_parameters=True, static_graph=False, process_group_backend="gloo")
+    with pytest.raises(
+        StrategyError,
+        match=r"unknown keyword argument\(s\) \['find_unused_params'\].*find_unused_parameters.*static_graph",
+    ):
+        DDPStrategy(find_unused_params=True)
+
+
+def test_single_process_strategies_take_no_backend_kwargs() -> None:
+    with pytest.raises(StrategyError, match="accepted: none"):
+        SingleDeviceStrategy(find_unused_parameters=True)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "message"),
+    [
+        (DataParallelStrategy, {"accelerator": "cpu"}, "'dp' .* needs CUDA devices, got accelerator='cpu'"),
+        (DataParallelStrategy, {"devices": CPU2}, "'dp' .* needs CUDA devices.*'cpu', 'cpu'"),
+        (SingleDeviceStrategy, {"devices": CPU2}, "exactly one device"),
+        (SingleDeviceStrategy, {"num_nodes": 2}, "cannot use num_nodes=2"),
+        (DDPStrategy, {"num_nodes": 0}, "num_nodes must be an integer >= 1"),
+        (DDPStrategy, {"devices": "cpu"}, "non-empty sequence of torch.device"),
+        (DDPStrategy, {"devices": []}, "non-empty sequence"),
+        (DDPStrategy, {"devices": [torch.device("cuda", 0)]}, "do not belong to accelerator 'cpu'"),
+        (DDPStrategy, {"accelerator": "xla"}, "cannot run on accelerator 'xla'"),
+        (DDPStrategy, {"timeout": -1}, "timeout must be a positive"),
+        (DDPStrategy, {"accelerator": "quantum"}, "quantum"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(cls: type, kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cls(**kwargs)
+
+
+def test_precision_for_another_device_type_is_refused() -> None:
+    with pytest.raises(StrategyError, match="built for device type 'cpu'"):
+        SingleDeviceStrategy(accelerator="cuda", precision=get_precision("32-true", "cpu"))
+
+
+def test_construction_touches_no_process_group_and_pickles() -> None:
+    strategy = DDPSpawnStrategy(devices=CPU2)
+    assert strategy.launcher is not None
+    assert not lite_collectives.is_initialized()
+    clone = pickle.loads(pickle.dumps(strategy))  # what spawn sends to each process
+    assert clone.devices == strategy.devices and clone._launcher is None
+
+
+def test_single_device_defaults() -> None:
+    strategy = SingleDeviceStrategy()
+    assert strategy.launcher is None
+    assert strategy.root_device == torch.device("cpu")
+    assert (strategy.world_size, strategy.global_rank, strategy.local_rank, strategy.node_rank) == (
+        1,
+        0,
+        0,
+        0,
+    )
+    assert strategy.is_global_zero and not strategy.is_distributed
+    assert strategy.distributed_sampler_kwargs is None
+    assert strategy.precision.name == "32-true"
+    x = torch.arange(4.0)
+    assert strategy.all_reduce(x) is x or torch.equal(strategy.all_reduce(x), x)
+    assert strategy.broadcast({"a": 1}) == {"a": 1}
+    strategy.barrier()
+    with strategy.no_backward_sync(torch.nn.Linear(1, 1)):
+        pass
+
+
+def test_ddp_properties_before_launch() -> None:
+    strategy = DDPStrategy(devices=CPU2, num_nodes=3)
+    assert strategy.world_size == 6 and strategy.num_processes == 2
+    assert strategy.is_distributed
+    assert strategy.distributed_sampler_kwargs == {"num_replicas": 6, "rank": 0}
+    assert isinstance(strategy.launcher, lite_strategies.ScriptLauncher)
+    assert not strategy.launcher.is_interactive_compatible
+    assert isinstance(DDPSpawnStrategy().launcher, lite_strategies.SpawnLauncher)
+    fork = DDPForkStrategy().launcher
+    assert isinstance(fork, lite_strategies.SpawnLauncher) and fork.is_interactive_compatible
+    assert isinstance(fork, lite_strategies.Launcher)
+
+
+def test_spawn_launcher_refuses_an_unknown_start_method() -> None:
+    with pytest.raises(StrategyError, match="start_method 'forkserverx'"):
+        lite_strategies.SpawnLauncher(DDPStrategy(), start_method="forkserverx")
+
+
+def test_single_device_setup_converts_precision_and_keeps_optimizer_params() -> None:
+    strategy = SingleDeviceStrategy(precision=get_precision("64-true", "cpu"))
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, (optimizer,) = strategy.setup_module_and_optimizers(model, [optimizer])
+    assert model.weight.dtype == torch.float64
+    assert optimizer.param_groups[0]["params"][0] is model.weight
+
+
+@run_if(min_cuda_gpus=1)
+def test_fork_refuses_after_cuda_is_initialized() -> None:
+    torch.zeros(1, device="cuda")
+    strategy = DDPForkStrategy(accelerator="cuda", devices=[torch.device("cuda", 0)])
+    assert strategy.launcher is not None
+    with pytest.raises(StrategyError, match="CUDA is already initialized"):
+        strategy.launcher.launch(print)
+
+
+@run_if(min_cuda_gpus=1)
+def test_dp_wraps_in_data_parallel_on_cuda() -> None:
+    strategy = DataParallelStrategy(devices=[torch.device("cuda", 0)])
+    model = strategy.setup_module(torch.nn.Linear(2, 2))
+    assert isinstance(model, torch.nn.DataParallel)
+    out = model(strategy.batch_to_device(torch.ones(4, 2)))
+    assert out.device == torch.device("cuda", 0)
+    assert strategy.get_module_state_dict(model).keys() == {"weight", "bias"}

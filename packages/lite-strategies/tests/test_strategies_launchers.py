@@ -1,0 +1,216 @@
+"""The launchers as real processes: script relaunch, python -m, torchrun, two nodes, spawn, fork, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from strategies_testutil import assert_params_close, child_env, reference_params, train, write_script
+
+import lite_strategies
+from lite_strategies import ProcessFailedError, StrategyError
+from lite_testing import free_port
+
+TIMEOUT = 90
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, cwd=cwd, env=env or child_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def _saved_params(path: Path) -> dict[str, torch.Tensor]:
+    return lite_strategies.TorchCheckpointIO().load_checkpoint(path)["model"]
+
+
+@pytest.mark.parametrize("as_module", [False, True], ids=["script", "python-m"])
+def test_script_launcher_trains_like_one_process(tmp_path: Path, as_module: bool) -> None:
+    write_script(tmp_path, name="train_script.py")
+    out = tmp_path / "ckpt.pt"
+    target = ["-m", "train_script"] if as_module else [str(tmp_path / "train_script.py")]
+    proc = _run([sys.executable, *target, "ddp", "2", "1", str(out), ""], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # Rank 0 runs in the launching process, rank 1 in the re-run script: both reach the end.
+    assert "RESULT-WORLD-SIZE 2 RANK 0" in proc.stdout
+    assert "RESULT-WORLD-SIZE 2 RANK 1" in proc.stdout
+    assert_params_close(_saved_params(out), reference_params())
+
+
+def test_torchrun_is_detected_and_starts_no_more_processes(tmp_path: Path) -> None:
+    script = write_script(tmp_path)
+    out = tmp_path / "ckpt.pt"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
+    proc = _run([*cmd, str(script), "ddp", "2", "1", str(out), ""], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("RESULT-WORLD-SIZE 2") == 2  # two processes, not four
+    assert_params_close(_saved_params(out), reference_params())
+
+
+def test_two_nodes_on_localhost(tmp_path: Path) -> None:
+    script = write_script(tmp_path)
+    out = tmp_path / "ckpt.pt"
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), "ddp", "1", "2", str(out), ""],
+            cwd=tmp_path,
+            env=child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(node)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "RANK 0" in outputs[0][0] and "RANK 1" in outputs[1][0]
+    assert_params_close(_saved_params(out), reference_params())
+
+
+@pytest.mark.parametrize("fail", ["raise:1", "kill:1", "raise:0"])
+def test_script_launcher_a_failing_rank_fails_the_run_fast_and_is_named(tmp_path: Path, fail: str) -> None:
+    script = write_script(tmp_path)
+    start = time.monotonic()
+    proc = _run([sys.executable, str(script), "ddp", "2", "1", str(tmp_path / "c.pt"), fail], cwd=tmp_path)
+    elapsed = time.monotonic() - start
+    rank = fail.split(":")[1]
+    assert proc.returncode != 0
+    if fail.startswith("raise"):
+        assert f"boom on rank {rank}" in proc.stderr
+    if fail == "raise:1" or fail.startswith("kill"):
+        assert f"rank {rank} " in proc.stderr, proc.stderr
+    if fail.startswith("kill"):
+        assert "SIGKILL" in proc.stderr, proc.stderr
+    assert elapsed < TIMEOUT  # bounded (the subprocess timeout would have raised)
+
+
+@pytest.mark.parametrize("name", ["ddp", "ddp_fork"])
+def test_interrupt_stops_every_child(tmp_path: Path, name: str) -> None:
+    script = write_script(tmp_path)
+    out = tmp_path / "hang"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), name, "2", "1", str(out), "hang"],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        pid_files = [Path(f"{out}.{rank}.pid") for rank in (0, 1)]
+        while not all(f.exists() and f.read_text() for f in pid_files):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        pids = [int(f.read_text()) for f in pid_files]
+        proc.send_signal(signal.SIGINT)  # only the launcher: it must stop the children itself
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    for pid in pids:
+        if pid != proc.pid:
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _alive(pid), f"rank process {pid} survived the interrupt"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as stopped.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_spawn_without_main_guard_says_how_to_fix(tmp_path: Path) -> None:
+    script = write_script(tmp_path, guarded=False)
+    proc = _run(
+        [sys.executable, str(script), "ddp_spawn", "2", "1", str(tmp_path / "c.pt"), ""], cwd=tmp_path
+    )
+    assert proc.returncode != 0
+    assert 'if __name__ == "__main__":' in proc.stderr
+    assert "StrategyError" in proc.stderr
+
+
+def _returns_tensors(strategy: lite_strategies.Strategy) -> dict[str, object]:
+    out = train(strategy)
+    return {"params": out["params"], "nested": [torch.arange(3) * (strategy.global_rank + 1), "text"]}
+
+
+@pytest.mark.parametrize("name", ["ddp_spawn", "ddp_fork"])
+def test_spawn_launcher_returns_rank_zero_value_and_trains_like_one_process(name: str) -> None:
+    strategy = lite_strategies.get_strategy_spec(name).load()(devices=[torch.device("cpu")] * 2)
+    assert strategy.launcher is not None
+    result = strategy.launcher.launch(_returns_tensors, strategy)
+    assert_params_close(result["params"], reference_params())
+    assert torch.equal(result["nested"][0], torch.arange(3))  # rank 0's value, after the child exited
+    assert result["nested"][1] == "text"
+
+
+def _fail(strategy: lite_strategies.Strategy, fail: str) -> None:
+    train(strategy, fail=fail)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_spawn_launcher_reraises_with_the_rank_traceback(rank: int) -> None:
+    strategy = lite_strategies.DDPForkStrategy(devices=[torch.device("cpu")] * 2)
+    assert strategy.launcher is not None
+    with pytest.raises(
+        ProcessFailedError, match=f"rank {rank} raised RuntimeError: boom on rank {rank}"
+    ) as info:
+        strategy.launcher.launch(_fail, strategy, f"raise:{rank}")
+    assert info.value.rank == rank
+    assert "in _fail" in str(info.value)  # the remote traceback
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_spawn_launcher_names_a_killed_rank() -> None:
+    strategy = lite_strategies.DDPForkStrategy(devices=[torch.device("cpu")] * 2)
+    assert strategy.launcher is not None
+    with pytest.raises(ProcessFailedError, match=r"rank 1 was killed by signal 9 \(SIGKILL\)") as info:
+        strategy.launcher.launch(_fail, strategy, "kill:1")
+    assert info.value.exitcode == -9
+
+
+def test_spawn_refuses_an_unpicklable_function() -> None:
+    strategy = lite_strategies.DDPSpawnStrategy(devices=[torch.device("cpu")] * 2)
+    assert strategy.launcher is not None
+    with pytest.raises(StrategyError, match="picklable"):
+        strategy.launcher.launch(lambda: None)
+
+
+def test_launcher_runs_in_this_process_under_an_external_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What torchrun sets: the launcher must start nothing and run the function here.
+    port = free_port()
+    for key, value in dict(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="1", RANK="0", LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1", GROUP_RANK="0", NODE_RANK="0", TORCHELASTIC_RUN_ID="test",
+    ).items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    for name in ("ddp", "ddp_spawn", "ddp_fork"):
+        strategy = lite_strategies.get_strategy_spec(name).load()()
+        assert strategy.cluster_environment.creates_processes_externally
+        assert strategy.launcher is not None
+        assert strategy.launcher.launch(os.getpid) == os.getpid()
+        strategy.teardown()
