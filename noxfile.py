@@ -128,3 +128,24 @@ def ci(session: nox.Session) -> None:
     for package in PACKAGES:
         session.notify(f"tests(package='{package}')")
     session.notify("integration")
+    session.notify("docs")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation with warnings as errors, then run every python block of its pages."""
+    install_wheels(
+        session, closure("lite-facade"), "numpy", "mkdocs", "mkdocs-material", "mkdocstrings[python]"
+    )
+    site = Path(session.create_tmp()) / "site"
+    session.run(
+        "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(site)
+    )
+    session.run("python", str(ROOT / "docs" / "run_code_blocks.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Overhead against raw PyTorch: writes bench/RESULTS.md (never part of CI's pass/fail)."""
+    install_wheels(session, closure("lite-facade"), "numpy")
+    session.run("python", str(ROOT / "bench" / "run_all.py"), *session.posargs)
