@@ -1,0 +1,195 @@
+"""Start-up cost: import time of each package over ``import torch``, and launch-to-first-step with 2 processes.
+
+    python bench/bench_launch.py [--repeats 7] [--json out.json]
+
+Imports: the whole-process wall time of ``python -c "<import>"``, median of ``--repeats`` runs,
+the statements interleaved (torch, facade, devices, ... torch, facade, ...), minus the median of
+``import torch``. Launch: the wall time from starting ``python script.py`` to rank 0 finishing
+its first DDP training step (2 CPU processes), for LightningLite's ``ddp`` (re-runs the script),
+``ddp_spawn`` and ``ddp_fork``, against plain torch scripts doing the same with
+``torch.multiprocessing`` (spawn, fork) and with ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+IMPORTS = {
+    "torch": "import torch",
+    "lite_facade": "from lite_facade import LightningLite",
+    "lite_devices": "import lite_devices",
+    "lite_precision": "import lite_precision",
+    "lite_collectives": "import lite_collectives",
+    "lite_data": "import lite_data",
+    "lite_strategies": "import lite_strategies",
+}
+
+_STEP = """
+import os, sys, time
+import torch
+from torch import nn
+
+def first_step(model, opt, backward=None):
+    x, y = torch.randn(32, 32), torch.randn(32, 1)
+    opt.zero_grad()
+    loss = nn.functional.mse_loss(model(x), y)
+    (backward or (lambda l: l.backward()))(loss)
+    opt.step()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("FIRST_STEP", time.time(), flush=True)
+"""
+
+LITE_SCRIPT = (
+    _STEP
+    + """
+from lite_facade import LightningLite
+
+class Lite(LightningLite):
+    def run(self):
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+        model, opt = self.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        if self.global_rank == 0:
+            os.environ["RANK"] = "0"
+        first_step(model, opt, self.backward)
+
+if __name__ == "__main__":
+    Lite(accelerator="cpu", strategy=sys.argv[1], devices=2).run()
+"""
+)
+
+TORCH_MP_SCRIPT = (
+    _STEP
+    + """
+import socket
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+def worker(rank, port):
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)))
+    first_step(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(worker, args=(port,), nprocs=2, start_method=sys.argv[1])
+"""
+)
+
+TORCHRUN_SCRIPT = (
+    _STEP
+    + """
+import torch.distributed as dist
+
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)))
+first_step(model, torch.optim.SGD(model.parameters(), lr=0.1))
+dist.destroy_process_group()
+"""
+)
+
+
+def wall(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - start
+
+
+def imports(repeats: int) -> dict[str, dict[str, float]]:
+    times: dict[str, list[float]] = {name: [] for name in IMPORTS}
+    wall("import torch")  # warm the file cache
+    for _ in range(repeats):
+        for name, code in IMPORTS.items():
+            times[name].append(wall(code))
+    torch_median = statistics.median(times["torch"])
+    return {
+        name: {"median_s": statistics.median(v), "over_torch_s": statistics.median(v) - torch_median}
+        for name, v in times.items()
+    }
+
+
+def to_first_step(cmd: list[str], cwd: str) -> float:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}")
+    stamps = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("FIRST_STEP")]
+    return stamps[0] - start
+
+
+def launches(repeats: int) -> dict[str, dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in (
+            ("lite.py", LITE_SCRIPT),
+            ("torch_mp.py", TORCH_MP_SCRIPT),
+            ("torchrun.py", TORCHRUN_SCRIPT),
+        ):
+            Path(tmp, name).write_text(text)
+        py = sys.executable
+        torchrun = [py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
+        cases = {
+            # lite name: (lite command, baseline name, baseline command)
+            "ddp": ([py, "lite.py", "ddp"], "torchrun", [*torchrun, "torchrun.py"]),
+            "ddp_spawn": ([py, "lite.py", "ddp_spawn"], "torch mp spawn", [py, "torch_mp.py", "spawn"]),
+            "ddp_fork": ([py, "lite.py", "ddp_fork"], "torch mp fork", [py, "torch_mp.py", "fork"]),
+        }
+        times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in cases}
+        for _ in range(repeats):
+            for name, (lite_cmd, _, base_cmd) in cases.items():
+                times[name][1].append(to_first_step(base_cmd, tmp))
+                times[name][0].append(to_first_step(lite_cmd, tmp))
+    return {
+        name: {
+            "baseline": cases[name][1],
+            "lite_s": statistics.median(times[name][0]),
+            "baseline_s": statistics.median(times[name][1]),
+        }
+        for name in cases
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--launch-repeats", type=int, default=3)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    result = {"imports": imports(args.repeats), "launch": launches(args.launch_repeats)}
+    print("| import | median (s) | over `import torch` (s) |\n|---|---:|---:|")
+    for name, r in result["imports"].items():
+        print(f"| {name} | {r['median_s']:.3f} | {r['over_torch_s']:+.3f} |")
+    print(
+        "\n| lite strategy | lite to first step (s) | baseline | baseline (s) | lite / baseline |\n|---|---:|---|---:|---:|"
+    )
+    for name, r in result["launch"].items():
+        print(
+            f"| {name} | {r['lite_s']:.2f} | {r['baseline']} | {r['baseline_s']:.2f} | {r['lite_s'] / r['baseline_s']:.2f} |"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
