@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lite_facade import LightningLite, LiteConfigurationError
 from lite_facade.lite import LightningLite as SeedPathLightningLite
+from lite_testing import run_if
 
 
 class Lite(LightningLite):
@@ -253,3 +254,37 @@ def test_two_processes_return_rank_zero_result(strategy: str) -> None:
     assert result["sampler"] == DistributedSampler.__name__
     assert sorted(result["seen"].flatten().tolist()) == [float(i) for i in range(8)]
     assert result["object"] == "from 0"
+
+
+# -- CUDA (runs where a GPU exists) ---------------------------------------------------------------------
+
+
+@run_if(min_cuda_gpus=1)
+@pytest.mark.parametrize("precision", ["32", "16-mixed", "bf16-mixed", "bf16-true"])
+def test_training_on_cuda(precision: str, tmp_path: Path) -> None:
+    def body(self: Lite) -> dict[str, Any]:
+        model, optimizer = self.setup(*model_and_optimizer())
+        data = TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
+        loader = self.setup_dataloaders(DataLoader(data, batch_size=8))
+        losses = []
+        for x, y in loader:
+            assert x.device.type == "cuda"
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            self.backward(loss)
+            optimizer.step()
+            losses.append(float(loss))
+        self.save({"model": model}, tmp_path / "cuda.pt")
+        restored = self.load(tmp_path / "cuda.pt")
+        return {
+            "device": str(self.device),
+            "param_device": str(model.module[0].weight.device),
+            "loaded_device": str(next(iter(restored["model"].values())).device),
+            "losses": losses,
+            "moved": str(self.to_device(torch.zeros(1)).device),
+        }
+
+    out = Lite(accelerator="gpu", devices=1, precision=precision).run(body)
+    assert out["device"] == "cuda:0" and out["param_device"] == "cuda:0" and out["loaded_device"] == "cuda:0"
+    assert out["moved"] == "cuda:0"
+    assert all(torch.isfinite(torch.tensor(out["losses"])))
