@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -132,11 +133,17 @@ def to_first_step(cmd: list[str], cwd: str) -> float:
     }
     env["OMP_NUM_THREADS"] = "1"
     start = time.time()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}")
     stamps = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("FIRST_STEP")]
     return stamps[0] - start
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def launches(repeats: int) -> dict[str, dict[str, Any]]:
@@ -148,7 +155,15 @@ def launches(repeats: int) -> dict[str, dict[str, Any]]:
         ):
             Path(tmp, name).write_text(text)
         py = sys.executable
-        torchrun = [py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
+        torchrun = [
+            py,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+        ]
         cases = {
             # lite name: (lite command, baseline name, baseline command)
             "ddp": ([py, "lite.py", "ddp"], "torchrun", [*torchrun, "torchrun.py"]),

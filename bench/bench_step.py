@@ -1,23 +1,37 @@
 """Per-step overhead of LightningLite against the same loop in raw PyTorch (and peers, if installed).
 
-    python bench/bench_step.py [--device cpu|cuda] [--steps 300] [--rounds 7] [--peers]
+    python bench/bench_step.py [--device cpu|cuda] [--steps 300] [--rounds 7] [--peers] [--json out.json]
+    python bench/bench_step.py --memory tiny,32-true,lite      # one runner alone: its peak RSS
+    python bench/bench_step.py --ddp spawn --rounds 3           # 2 processes: torch DDP vs lite ddp_spawn
 
-Each round times every runner once, in turn (A B A B ...), over the same model size, data and
-optimizer; the table reports the median step time of each runner and its ratio to raw PyTorch.
+One process: each round times every runner once, in turn (A B A B ...), over the same model size,
+data and optimizer; the table reports the median step time of each runner and its ratio to raw
+PyTorch. Two processes: each round launches a raw torch DDP pair (``torch.multiprocessing`` with
+the same start method) and then a LightningLite ``ddp_<method>`` pair; each pair times its own
+steps (median of chunks), and the lite pair also times a raw DDP loop in its own processes, so
+the same-process ratio has no launch-to-launch noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import resource
+import socket
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-SIZES = {"tiny": (32, 32, 1, 32), "medium": (1024, 4096, 1024, 256)}  # in, hidden, out, batch
+# in, hidden, out, batch. The medium model stays small enough for bf16, which this kind of CPU
+# (no AVX512-BF16/AMX) emulates at a fraction of float32's speed.
+SIZES = {"tiny": (32, 32, 1, 32), "medium": (256, 1024, 256, 64)}
+PRECISIONS = ("32-true", "bf16-mixed")
 
 
 def make(
@@ -30,16 +44,18 @@ def make(
     return model, torch.optim.SGD(model.parameters(), lr=1e-3), x, y
 
 
-def raw_runner(size: str, device: torch.device, precision: str) -> Callable[[int], None]:
-    model, opt, x, y = make(size, device)
-    model.to(device)
+def raw_steps(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, precision: str
+) -> Callable[[int], None]:
+    """The plain PyTorch loop; what lite's set-up objects do, written by hand."""
     bf16 = precision == "bf16-mixed"
+    device_type = x.device.type
 
     def steps(n: int) -> None:
         for _ in range(n):
             opt.zero_grad()
             if bf16:
-                with torch.autocast(device.type, dtype=torch.bfloat16):
+                with torch.autocast(device_type, dtype=torch.bfloat16):
                     out = model(x)
                 out = out.float()
             else:
@@ -48,6 +64,11 @@ def raw_runner(size: str, device: torch.device, precision: str) -> Callable[[int
             opt.step()
 
     return steps
+
+
+def raw_runner(size: str, device: torch.device, precision: str) -> Callable[[int], None]:
+    model, opt, x, y = make(size, device)
+    return raw_steps(model.to(device), opt, x, y, precision)
 
 
 def lite_runner(size: str, device: torch.device, precision: str) -> Callable[[int], None]:
@@ -103,6 +124,9 @@ def accelerate_runner(size: str, device: torch.device, precision: str) -> Callab
     return steps
 
 
+RUNNERS = {"torch": raw_runner, "lite": lite_runner}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -124,8 +148,113 @@ def measure(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def steps_for(size: str, steps: int) -> int:
+    return steps if size == "tiny" else max(5, steps // 30)
+
+
+# -- one runner alone, for its peak memory ------------------------------------------------------------
+
+
+def peak_memory(spec: str, steps: int) -> dict[str, Any]:
+    """Run one runner alone in this (fresh) process; report its peak RSS (``ru_maxrss``, whole process)."""
+    size, precision, runner = spec.split(",")
+    run = RUNNERS[runner](size, torch.device("cpu"), precision)
+    run(steps_for(size, steps))
+    return {
+        "size": size,
+        "precision": precision,
+        "runner": runner,
+        "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+# -- two processes ------------------------------------------------------------------------------------
+
+
+def chunked(steps: Callable[[int], None], n: int, chunks: int) -> float:
+    steps(max(10, n // 5))  # warm-up (and DDP's first-iteration bucket rebuild)
+    times = []
+    for _ in range(chunks):
+        start = time.perf_counter()
+        steps(n)
+        times.append((time.perf_counter() - start) / n)
+    return statistics.median(times)
+
+
+def _torch_ddp_worker(rank: int, port: int, size: str, n: int, chunks: int, out: Any) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)  # as torchrun's OMP_NUM_THREADS=1: two processes on two cores
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    model, opt, x, y = make(size, torch.device("cpu"))
+    median = chunked(raw_steps(DistributedDataParallel(model), opt, x, y, "32-true"), n, chunks)
+    if rank == 0:
+        out.put(median)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def torch_ddp_pair(start_method: str, size: str, n: int, chunks: int) -> float:
+    """Median step time of rank 0 in a raw torch DDP pair started with ``start_method``."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context(start_method)
+    out = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_torch_ddp_worker, args=(r, port, size, n, chunks, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    result = out.get()
+    for p in procs:
+        p.join(120)
+    return float(result)
+
+
+def lite_ddp_pair(start_method: str, size: str, n: int, chunks: int) -> dict[str, float]:
+    """Median step times of rank 0 in a LightningLite ``ddp_<start_method>`` pair, and of raw DDP in it."""
+    from _lite_ddp import DDPBench
+
+    return DDPBench(accelerator="cpu", strategy=f"ddp_{start_method}", devices=2).run(size, n, chunks)
+
+
+def ddp(start_method: str, size: str, rounds: int, steps: int) -> dict[str, Any]:
+    n, chunks = steps_for(size, steps) // 2, 6
+    torch_times, lite_times, same = [], [], []
+    for _ in range(rounds):  # A B A B: one torch pair, one lite pair
+        torch_times.append(torch_ddp_pair(start_method, size, n, chunks))
+        result = lite_ddp_pair(start_method, size, n, chunks)
+        lite_times.append(result["lite"])
+        same.append(result["torch_same_process"])
+    t, lt, s = (statistics.median(v) for v in (torch_times, lite_times, same))
+    return {"start_method": start_method, "size": size, "torch": t, "lite": lt, "torch_same_process": s}
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+
+def one_process(args: argparse.Namespace) -> list[dict[str, Any]]:
+    device = torch.device(args.device)
+    rows = []
+    for size in args.sizes.split(","):
+        for precision in PRECISIONS:
+            runners = {name: factory(size, device, precision) for name, factory in RUNNERS.items()}
+            if args.peers:
+                for name, factory in (("fabric", fabric_runner), ("accelerate", accelerate_runner)):
+                    try:
+                        runners[name] = factory(size, device, precision)
+                    except ImportError:
+                        pass
+            medians = measure(runners, device, steps_for(size, args.steps), args.rounds)
+            rows.append({"size": size, "precision": precision, **medians})
+    return rows
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=7)
@@ -133,32 +262,47 @@ def main() -> None:
     parser.add_argument(
         "--peers", action="store_true", help="also time Lightning Fabric and Accelerate if installed"
     )
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, device {device}"
-        + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
+    parser.add_argument(
+        "--memory", metavar="SIZE,PRECISION,RUNNER", help="run one runner alone; report its peak RSS"
     )
-    print("| model | precision | runner | median step (us) | ratio to torch |")
-    print("|---|---|---|---|---|")
-    for size in args.sizes.split(","):
-        steps = args.steps if size == "tiny" else max(20, args.steps // 10)
-        for precision in ("32-true", "bf16-mixed"):
-            runners = {
-                "torch": raw_runner(size, device, precision),
-                "lite": lite_runner(size, device, precision),
-            }
-            if args.peers:
-                for name, factory in (("fabric", fabric_runner), ("accelerate", accelerate_runner)):
-                    try:
-                        runners[name] = factory(size, device, precision)
-                    except ImportError:
-                        pass
-            medians = measure(runners, device, steps, args.rounds)
-            for name, value in medians.items():
+    parser.add_argument(
+        "--ddp", choices=("spawn", "fork"), help="2 processes: torch DDP pairs vs lite ddp_<method>"
+    )
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    if args.memory:
+        result: Any = peak_memory(args.memory, args.steps)
+        print(result)
+    elif args.ddp:
+        result = [ddp(args.ddp, size, args.rounds, args.steps) for size in args.sizes.split(",")]
+        print(
+            "| model | start method | torch DDP pair (us) | lite pair (us) | raw DDP inside lite's pair (us) | lite / torch |"
+        )
+        print("|---|---|---:|---:|---:|---:|")
+        for r in result:
+            print(
+                f"| {r['size']} | {r['start_method']} | {r['torch'] * 1e6:.1f} | {r['lite'] * 1e6:.1f} | "
+                f"{r['torch_same_process'] * 1e6:.1f} | {r['lite'] / r['torch']:.3f} |"
+            )
+    else:
+        device = torch.device(args.device)
+        print(
+            f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, device {device}"
+            + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
+        )
+        result = one_process(args)
+        print("| model | precision | runner | median step (us) | ratio to torch |")
+        print("|---|---|---|---|---|")
+        for row in result:
+            for name in [k for k in row if k not in ("size", "precision")]:
                 print(
-                    f"| {size} | {precision} | {name} | {value * 1e6:.1f} | {value / medians['torch']:.3f} |"
+                    f"| {row['size']} | {row['precision']} | {name} | {row[name] * 1e6:.1f} | "
+                    f"{row[name] / row['torch']:.3f} |"
                 )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f)
 
 
 if __name__ == "__main__":
