@@ -39,9 +39,10 @@ class DeviceDataLoader:
     is the original, and other attributes are read from it. :meth:`state_dict` and
     :meth:`load_state_dict` resume a run mid-epoch with the very next batch.
 
-    >>> loader = DeviceDataLoader(DataLoader(range(6), batch_size=2), device="cpu")
-    >>> [batch.tolist() for batch in loader]
-    [[0, 1], [2, 3], [4, 5]]
+    Examples:
+        >>> loader = DeviceDataLoader(DataLoader(range(6), batch_size=2), device="cpu")
+        >>> [batch.tolist() for batch in loader]
+        [[0, 1], [2, 3], [4, 5]]
     """
 
     def __init__(self, dataloader: DataLoader[Any], device: torch.device | str | int | None = None) -> None:
