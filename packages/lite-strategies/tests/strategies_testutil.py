@@ -65,10 +65,20 @@ def train(strategy: lite_strategies.Strategy, out: str | None = None, fail: str 
     return {"params": state, "world_size": strategy.world_size, "rank": rank}
 
 
+def _reference(rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    return train(lite_strategies.SingleDeviceStrategy())["params"]
+
+
 def reference_params() -> dict[str, torch.Tensor]:
-    """The parameters after the same steps in one process on the whole batch."""
-    strategy = lite_strategies.SingleDeviceStrategy()
-    return train(strategy)["params"]
+    """The parameters after the same steps in one process on the whole batch.
+
+    Computed in a forked child: once a CUDA build of torch has run backward in this process,
+    no later test could fork a process that runs backward (torch's Autograd-and-Fork rule).
+    """
+    from lite_testing import run_processes
+
+    result: dict[str, torch.Tensor] = run_processes(_reference, 1, init=False, timeout=60)[0]
+    return result
 
 
 def assert_params_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:

@@ -18,7 +18,6 @@ from lite_strategies import (
     SingleDeviceStrategy,
     StrategyError,
 )
-from lite_testing import run_if
 
 CPU2 = [torch.device("cpu")] * 2
 
@@ -117,22 +116,3 @@ def test_single_device_setup_converts_precision_and_keeps_optimizer_params() -> 
     model, (optimizer,) = strategy.setup_module_and_optimizers(model, [optimizer])
     assert model.weight.dtype == torch.float64
     assert optimizer.param_groups[0]["params"][0] is model.weight
-
-
-@run_if(min_cuda_gpus=1)
-def test_fork_refuses_after_cuda_is_initialized() -> None:
-    torch.zeros(1, device="cuda")
-    strategy = DDPForkStrategy(accelerator="cuda", devices=[torch.device("cuda", 0)])
-    assert strategy.launcher is not None
-    with pytest.raises(StrategyError, match="CUDA is already initialized"):
-        strategy.launcher.launch(print)
-
-
-@run_if(min_cuda_gpus=1)
-def test_dp_wraps_in_data_parallel_on_cuda() -> None:
-    strategy = DataParallelStrategy(devices=[torch.device("cuda", 0)])
-    model = strategy.setup_module(torch.nn.Linear(2, 2))
-    assert isinstance(model, torch.nn.DataParallel)
-    out = model(strategy.batch_to_device(torch.ones(4, 2)))
-    assert out.device == torch.device("cuda", 0)
-    assert strategy.get_module_state_dict(model).keys() == {"weight", "bias"}

@@ -24,7 +24,8 @@ class StrategySpec:
     ``factory`` is ``"module:Class"``, imported only by :meth:`load`. ``accelerators`` are the
     canonical accelerator names it accepts; ``launcher`` how it starts processes (None: it
     runs in the current process only); ``interactive`` whether it works in a notebook;
-    ``requires`` the optional module it needs and ``extra`` the pip extra that installs it.
+    ``requires`` the optional module it needs and ``extra`` the pip extra that installs it; ``min_devices``/``max_devices`` bound how many
+    devices (per node) it can use.
     """
 
     name: str
@@ -37,6 +38,7 @@ class StrategySpec:
     requires: str | None = None
     extra: str | None = None
     min_devices: int = 1
+    max_devices: int | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -76,6 +78,7 @@ _ROWS = (
         launcher=None,
         multi_process=False,
         interactive=True,
+        max_devices=1,
         description="One process, one device.",
     ),
     StrategySpec(

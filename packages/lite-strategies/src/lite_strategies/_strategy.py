@@ -62,6 +62,11 @@ class Strategy:
                 f"it accepts {list(spec.accelerators)}"
             )
         self._devices = self._check_devices(devices)
+        if spec.max_devices is not None and len(self._devices) > spec.max_devices:
+            raise StrategyError(
+                f"strategy {spec.name!r} uses at most {spec.max_devices} device(s), got {len(self._devices)}; "
+                "use strategy='ddp' (or 'ddp_spawn') for several"
+            )
         if len(self._devices) < spec.min_devices:
             raise StrategyError(
                 f"strategy {spec.name!r} needs at least {spec.min_devices} devices, got {len(self._devices)}"
@@ -92,6 +97,7 @@ class Strategy:
                 f"strategy {spec.name!r} got unknown keyword argument(s) {unknown}; accepted: {accepted}"
             )
         self._backend_kwargs = dict(backend_kwargs)
+        self._given_backend_kwargs = dict(backend_kwargs)  # never mutated: see `configured`
         self._launcher: Launcher | None = None
 
     def _check_devices(self, devices: Sequence[torch.device | str] | None) -> tuple[torch.device, ...]:
@@ -221,8 +227,18 @@ class Strategy:
         if self.root_device.type == "cuda":
             torch.cuda.set_device(self.root_device)
 
+    def configured(self, **settings: Any) -> Strategy:
+        """A new strategy of this class with ``settings`` and the backend keyword arguments this one got.
+
+        ``settings`` are the constructor's common keywords (accelerator, devices, num_nodes,
+        precision, cluster_environment, checkpoint_io): this is how a caller that resolved them
+        (the facade) completes a strategy object the user built with backend options only, e.g.
+        ``DDPStrategy(find_unused_parameters=True)``.
+        """
+        return type(self)(**settings, **self._given_backend_kwargs)
+
     def setup_module_and_optimizers(
-        self, module: nn.Module, optimizers: list[torch.optim.Optimizer]
+        self, module: nn.Module, optimizers: list[torch.optim.Optimizer], *, move_to_device: bool = True
     ) -> tuple[nn.Module, list[torch.optim.Optimizer]]:
         """Set up a module and its optimizers together; returns what to train with.
 
@@ -231,16 +247,17 @@ class Strategy:
         that replace the optimizers (DeepSpeed's engine, fairscale's OSS) or need them built
         after wrapping (FSDP) override this.
         """
-        return self.setup_module(module), list(optimizers)
+        return self.setup_module(module, move_to_device=move_to_device), list(optimizers)
 
-    def setup_module(self, module: nn.Module) -> nn.Module:
+    def setup_module(self, module: nn.Module, *, move_to_device: bool = True) -> nn.Module:
         """Convert the module to the precision, move it to the root device and wrap it.
 
         The order matters: a wrapper like DDP registers its buckets on the parameters as
         they are, so the dtype and device must be final before wrapping.
         """
         module = self.precision.convert_module(module)
-        module = self.module_to_device(module)
+        if move_to_device:  # False: the caller placed the module itself
+            module = self.module_to_device(module)
         return self._wrap_module(module)
 
     def _wrap_module(self, module: nn.Module) -> nn.Module:
@@ -444,9 +461,9 @@ class ParallelStrategy(Strategy):
         if lite_collectives.is_initialized():
             lite_collectives.barrier()
 
-    def setup_module(self, module: nn.Module) -> nn.Module:
+    def setup_module(self, module: nn.Module, *, move_to_device: bool = True) -> nn.Module:
         """Convert, move and wrap the module (see :meth:`Strategy.setup_module`)."""
-        wrapped = super().setup_module(module)
+        wrapped = super().setup_module(module, move_to_device=move_to_device)
         if wrapped is not module:
             self._wrapped.append(weakref.ref(wrapped))
         return wrapped
