@@ -95,6 +95,25 @@ def test_a_training_step_matches_plain_pytorch() -> None:
         torch.testing.assert_close(a, b)
 
 
+def test_move_to_device_false_leaves_placement_to_the_user() -> None:
+    def body(self: Lite) -> str:
+        model = nn.Linear(2, 1).to("meta")  # somewhere setup would otherwise move it away from
+        return str(self.setup(model, move_to_device=False).module.weight.device)
+
+    assert lite().run(body) == "meta"
+
+
+def test_a_strategy_object_keeps_its_options_and_gets_the_flags() -> None:
+    from lite_strategies import DDPForkStrategy
+
+    def body(self: Lite) -> tuple[int, bool]:
+        model = self.setup(nn.Linear(2, 1))
+        return self.world_size, bool(model.forward_module.find_unused_parameters)
+
+    strategy = DDPForkStrategy(find_unused_parameters=True)
+    assert Lite(accelerator="cpu", devices=2, strategy=strategy).run(body) == (2, True)
+
+
 def test_backward_passes_extra_arguments_on() -> None:
     def body(self: Lite) -> None:
         model = self.setup(nn.Linear(2, 1))

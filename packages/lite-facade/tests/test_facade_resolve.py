@@ -127,9 +127,9 @@ def test_precision_16_without_cpu_fp16_autocast_runs_as_bf16_with_a_warning() ->
 
 def test_installed_backend_resolves() -> None:
     inventory = Inventory(
-        device_counts={"cpu": 1}, installed=frozenset({"deepspeed"}), environment=LightningEnvironment()
+        device_counts={"cpu": 1, "cuda": 2}, installed=frozenset({"deepspeed"}), environment=LightningEnvironment()
     )
-    assert resolve(inventory, strategy="deepspeed", accelerator="cpu", devices=2).strategy == "deepspeed"
+    assert resolve(inventory, strategy="deepspeed", accelerator="gpu", devices=2).strategy == "deepspeed"
 
 
 def test_interactive_session_defaults_to_fork_and_refuses_script_relaunch() -> None:

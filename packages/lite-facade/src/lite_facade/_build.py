@@ -21,7 +21,6 @@ def build_strategy(plan: Plan) -> Strategy:
         checkpoint_io=plan.checkpoint_io,
     )
     if plan.strategy_object is not None:
-        plan.strategy_object.configure(**settings)
-        return plan.strategy_object
+        return plan.strategy_object.configured(**settings)
     strategy_cls = get_strategy_spec(plan.strategy).load()
     return strategy_cls(**settings)

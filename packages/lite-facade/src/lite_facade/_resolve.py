@@ -274,10 +274,16 @@ def _check_strategy(
             f"strategy={spec.name!r} needs the {spec.requires!r} package, which is not installed: "
             f"pip install 'lite-strategies[{spec.extra}]'"
         )
-    if not spec.multi_process and num_devices * num_nodes > 1:
+    if spec.max_devices is not None and num_devices > spec.max_devices:
         errors.append(
-            f"strategy={spec.name!r} runs one process on one device, but {num_devices} device(s) x "
-            f"{num_nodes} node(s) were asked for; use strategy='ddp' (or 'ddp_spawn') or devices=1"
+            f"strategy={spec.name!r} uses at most {spec.max_devices} device(s), but devices selected "
+            f"{num_devices}; use strategy='ddp' (or 'ddp_spawn'), or devices=1"
+        )
+    if num_devices < spec.min_devices:
+        errors.append(f"strategy={spec.name!r} needs at least {spec.min_devices} devices, got {num_devices}")
+    if not spec.multi_process and num_nodes > 1:
+        errors.append(
+            f"strategy={spec.name!r} runs in one process and cannot span num_nodes={num_nodes}; use strategy='ddp'"
         )
     if spec.launcher == "fork" and sys.platform == "win32":
         errors.append(

@@ -157,7 +157,9 @@ class LightningLite(ABC):
         """
         self._check_setup_arguments(model, optimizers)
         self._ensure_environment()
-        module, opts = self._strategy.setup_module_and_optimizers(model, list(optimizers))
+        module, opts = self._strategy.setup_module_and_optimizers(
+            model, list(optimizers), move_to_device=move_to_device
+        )
         wrapped = _LiteModule(module, self._precision, original_module=model)
         self._models.append(wrapped)
         if not optimizers:

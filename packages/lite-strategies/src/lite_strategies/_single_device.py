@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from lite_strategies._errors import StrategyError
 from lite_strategies._strategy import Strategy
 
 
 class SingleDeviceStrategy(Strategy):
-    """Train on one device in the current process: no wrapper, no launcher, identity collectives."""
+    """Train on one device in the current process: no wrapper, no launcher, identity collectives.
+
+    Its registry row says ``max_devices=1``, which the base class checks at construction.
+    """
 
     strategy_name: ClassVar[str] = "single_device"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if len(self.devices) != 1:
-            raise StrategyError(
-                f"strategy 'single_device' takes exactly one device, got {len(self.devices)}: "
-                f"{[str(d) for d in self.devices]}; use strategy='ddp' for several"
-            )
