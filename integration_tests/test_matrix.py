@@ -135,11 +135,11 @@ RUNS = [
 
 FAILS = [
     #    accelerator strategy          precision     devices  what the message says
-    Fail("cpu",      "single_device",  64,           2,       "runs one process on one device"),
-    Fail("cpu",      "single_device",  32,           2,       "runs one process on one device"),
-    Fail("cpu",      "single_device",  "16-mixed",   2,       "runs one process on one device"),
-    Fail("cpu",      "single_device",  "bf16-mixed", 2,       "runs one process on one device"),
-    Fail("cpu",      "single_device",  "bf16-true",  2,       "runs one process on one device"),
+    Fail("cpu",      "single_device",  64,           2,       "uses at most 1 device"),
+    Fail("cpu",      "single_device",  32,           2,       "uses at most 1 device"),
+    Fail("cpu",      "single_device",  "16-mixed",   2,       "uses at most 1 device"),
+    Fail("cpu",      "single_device",  "bf16-mixed", 2,       "uses at most 1 device"),
+    Fail("cpu",      "single_device",  "bf16-true",  2,       "uses at most 1 device"),
     # On the CPU, devices is a number of processes, not indices.
     Fail("cpu",      "ddp_spawn",      32,           [1, 4],  "no device indices"),
     Fail("cpu",      "ddp_fork",       32,           "1, 4",  "no device indices"),
