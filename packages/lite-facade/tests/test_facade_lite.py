@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,7 @@ def _distributed_body(self: Lite) -> dict[str, Any]:
         "seen": self.all_gather(seen),
         "weight": model.module[0].weight.detach().clone(),
         "object": self.broadcast(f"from {self.global_rank}"),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -273,6 +275,8 @@ def test_two_processes_return_rank_zero_result(strategy: str) -> None:
     assert result["sampler"] == DistributedSampler.__name__
     assert sorted(result["seen"].flatten().tolist()) == [float(i) for i in range(8)]
     assert result["object"] == "from 0"
+    if "OMP_NUM_THREADS" not in os.environ:  # each CPU process gets its share of the cores
+        assert result["threads"] == max(1, (os.cpu_count() or 1) // 2)
 
 
 # -- CUDA (runs where a GPU exists) ---------------------------------------------------------------------

@@ -127,7 +127,9 @@ def test_precision_16_without_cpu_fp16_autocast_runs_as_bf16_with_a_warning() ->
 
 def test_installed_backend_resolves() -> None:
     inventory = Inventory(
-        device_counts={"cpu": 1, "cuda": 2}, installed=frozenset({"deepspeed"}), environment=LightningEnvironment()
+        device_counts={"cpu": 1, "cuda": 2},
+        installed=frozenset({"deepspeed"}),
+        environment=LightningEnvironment(),
     )
     assert resolve(inventory, strategy="deepspeed", accelerator="gpu", devices=2).strategy == "deepspeed"
 

@@ -41,7 +41,7 @@ def test_single_process_strategies_take_no_backend_kwargs() -> None:
     [
         (DataParallelStrategy, {"accelerator": "cpu"}, "'dp' .* needs CUDA devices, got accelerator='cpu'"),
         (DataParallelStrategy, {"devices": CPU2}, "'dp' .* needs CUDA devices.*'cpu', 'cpu'"),
-        (SingleDeviceStrategy, {"devices": CPU2}, "exactly one device"),
+        (SingleDeviceStrategy, {"devices": CPU2}, "at most 1 device"),
         (SingleDeviceStrategy, {"num_nodes": 2}, "cannot use num_nodes=2"),
         (DDPStrategy, {"num_nodes": 0}, "num_nodes must be an integer >= 1"),
         (DDPStrategy, {"devices": "cpu"}, "non-empty sequence of torch.device"),

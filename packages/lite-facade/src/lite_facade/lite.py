@@ -7,6 +7,7 @@ call ``setup`` / ``setup_dataloaders`` / ``backward``, and instantiate it with t
 from __future__ import annotations
 
 import functools
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
@@ -69,6 +70,8 @@ class LightningLite(ABC):
             tpu_cores=tpu_cores,
             inventory=Inventory.detect(),
         )
+        for message in self._plan.warnings:
+            warnings.warn(message, UserWarning, stacklevel=2)
         self._strategy = build_strategy(self._plan)
         self._precision = self._strategy.precision
         self._launched = False

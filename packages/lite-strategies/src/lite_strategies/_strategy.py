@@ -340,6 +340,18 @@ class Strategy:
         """Release what :meth:`setup_environment` acquired."""
 
 
+def _share_cpu_threads(device: torch.device, local_processes: int) -> None:
+    """Give each of the CPU processes on this node its share of the cores.
+
+    Without this, every process starts one intra-op thread per core, and N processes on N
+    cores fight over them (a several-fold slowdown). A user's OMP_NUM_THREADS wins, as it
+    does under torchrun, which sets it to 1 itself.
+    """
+    if device.type != "cpu" or local_processes <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
+
+
 def unwrap_module(module: nn.Module) -> nn.Module:
     """The user's module inside DDP/DataParallel (and similar ``.module`` wrappers)."""
     from torch.nn.parallel import DataParallel, DistributedDataParallel
@@ -448,6 +460,7 @@ class ParallelStrategy(Strategy):
             env.set_world_size(self.world_size)
             env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
         super().setup_environment()
+        _share_cpu_threads(self.root_device, self.num_processes)
         self._owns_process_group = not lite_collectives.is_initialized()
         lite_collectives.init_process_group(
             env,
