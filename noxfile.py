@@ -157,3 +157,16 @@ def bench(session: nox.Session) -> None:
     """Overhead against raw PyTorch: writes bench/RESULTS.md (never part of CI's pass/fail)."""
     install_wheels(session, closure("lite-facade"), "numpy")
     session.run("python", str(ROOT / "bench" / "run_all.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def gpu(session: nox.Session) -> None:
+    """On a machine with CUDA: every package's tests (the CUDA ones run for real) and the CUDA step bench.
+
+    Set LITE_TORCH to a CUDA build of torch for that machine. Not part of CI (CI has no GPU);
+    `.ci/gpu_check.sh` does the same from source on a machine without network.
+    """
+    install_wheels(session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS)
+    for package in PACKAGES:
+        session.run("pytest", str(PACKAGES_DIR / package / "tests"), "-q", "-rs", *session.posargs)
+    session.run("python", str(ROOT / "bench" / "bench_step.py"), "--device", "cuda")
