@@ -2,28 +2,34 @@
 
     python docs/run_code_blocks.py [--timeout 120] [--jobs 2] [PAGE.md ...]
 
-A block is skipped only when an HTML comment stands on the line(s) right before it:
+Each block runs in a process of its own, forked from this script after it imported torch (so a
+block does not pay torch's import time again), in a new temporary directory, as ``python block.py``
+would run it: as ``__main__``, with ``sys.argv[0]`` the block's file. A block is skipped only when
+an HTML comment stands on the line right before it:
 
     <!-- no-run: needs a GPU -->                 never run here (the reason is printed)
     <!-- torchrun: 2 -->                         run under ``python -m torch.distributed.run --nproc_per_node 2``
 
-Every other block is written to ``block.py`` in a new temporary directory and run with
-``python block.py`` (so multi-process examples need their ``if __name__ == "__main__":`` guard,
-as a user's script would). A block that fails, or runs past the timeout, fails the script.
+Multi-process examples need their ``if __name__ == "__main__":`` guard, as a user's script would
+('spawn' children re-import the block). A block that fails, or runs past the timeout, fails the script.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import runpy
+import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch  # noqa: F401  imported once here; every block's process is forked from this one
 
 DOCS = Path(__file__).parent
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)
@@ -54,7 +60,8 @@ def blocks(page: Path) -> list[Block]:
         if mark and mark.group(1) == "no-run" and not skip:
             raise SystemExit(f"{page.name}:{line}: a no-run mark needs a reason: <!-- no-run: why -->")
         nproc = int(mark.group(2)) if mark and mark.group(1) == "torchrun" else None
-        found.append(Block(page.relative_to(DOCS).as_posix(), line, match.group(1), skip, nproc))
+        name = page.relative_to(DOCS).as_posix() if page.is_relative_to(DOCS) else str(page)
+        found.append(Block(name, line, match.group(1), skip, nproc))
     return found
 
 
@@ -64,22 +71,84 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(block: Block, timeout: float) -> tuple[Block, str | None, float]:
-    """Run one block; return it, the failure text (None when it passed) and the seconds it took."""
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="docblock-") as tmp:
-        Path(tmp, "block.py").write_text(block.code)
-        cmd = [sys.executable, "block.py"]
+def _child(block: Block, tmp: str) -> None:
+    """In the forked process: run the block as ``python block.py`` would, then exit with its status."""
+    code = 1
+    try:
+        os.setpgid(0, 0)  # its own process group, so a timeout ends the processes it started too
+        os.chdir(tmp)
+        fd = os.open("output.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
         if block.nproc:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(block.nproc)]
-            cmd += ["--master_port", str(free_port()), "block.py"]
-        try:
-            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return block, f"timed out after {timeout:.0f} s", time.perf_counter() - start
-    if proc.returncode != 0:
-        return block, f"exit code {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", time.perf_counter() - start
-    return block, None, time.perf_counter() - start
+            os.execv(sys.executable, [*cmd, "--master_port", str(free_port()), "block.py"])
+        script = os.path.join(tmp, "block.py")  # absolute: 'spawn' resolves it from the first cwd
+        sys.argv, sys.path[0] = [script], tmp
+        # run_path makes block.py the __main__ module (with its __file__), so 'spawn' children and
+        # the script launcher re-import the block, as they would re-import a user's script.
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+@dataclass
+class _Running:
+    block: Block
+    tmp: tempfile.TemporaryDirectory[str]
+    pid: int
+    start: float
+
+
+def _start(block: Block) -> _Running:
+    tmp = tempfile.TemporaryDirectory(prefix="docblock-")
+    Path(tmp.name, "block.py").write_text(block.code)
+    pid = os.fork()
+    if pid == 0:
+        _child(block, tmp.name)
+    return _Running(block, tmp, pid, time.perf_counter())
+
+
+def _finish(run: _Running, status: int | None) -> tuple[Block, str | None, float]:
+    seconds = time.perf_counter() - run.start
+    output = Path(run.tmp.name, "output.txt")
+    text = output.read_text(errors="replace")[-4000:] if output.exists() else ""
+    run.tmp.cleanup()
+    if status is None:
+        return run.block, f"timed out after {seconds:.0f} s\n{text}", seconds
+    code = os.waitstatus_to_exitcode(status)
+    return run.block, (f"exit code {code}\n{text}" if code != 0 else None), seconds
+
+
+def run_all(to_run: list[Block], jobs: int, timeout: float) -> list[tuple[Block, str | None, float]]:
+    """Run the blocks, ``jobs`` at a time, each in a process forked from this one (torch already imported)."""
+    pending, running, done = list(to_run), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            running.append(_start(pending.pop(0)))
+        for run in list(running):
+            pid, status = os.waitpid(run.pid, os.WNOHANG)
+            if pid == 0 and time.perf_counter() - run.start < timeout:
+                continue
+            if pid == 0:  # past the timeout: end the block and whatever it started
+                os.killpg(run.pid, signal.SIGKILL)
+                os.waitpid(run.pid, 0)
+                result = _finish(run, None)
+            else:
+                result = _finish(run, status)
+            running.remove(run)
+            done.append(result)
+            block, failure, seconds = result
+            print(f"{'FAIL' if failure else 'ok  '} {block.name} ({seconds:.1f} s)", flush=True)
+        time.sleep(0.02)
+    return done
 
 
 def main() -> int:
@@ -94,15 +163,12 @@ def main() -> int:
     for b in every:
         if b.skip is not None:
             print(f"SKIP {b.name}: {b.skip}")
-    failures = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for block, failure, seconds in pool.map(lambda b: run(b, args.timeout), to_run):
-            print(f"{'FAIL' if failure else 'ok  '} {block.name} ({seconds:.1f} s)", flush=True)
-            if failure:
-                failures.append((block, failure))
+    failures = [(b, failure) for b, failure, _ in run_all(to_run, args.jobs, args.timeout) if failure]
     for block, failure in failures:
         print(f"\n---- {block.name} failed: {failure}\n---- the block:\n{block.code}")
-    print(f"\n{len(to_run) - len(failures)} ran and passed, {len(failures)} failed, {len(every) - len(to_run)} skipped")
+    print(
+        f"\n{len(to_run) - len(failures)} ran and passed, {len(failures)} failed, {len(every) - len(to_run)} skipped"
+    )
     return 1 if failures else 0
 
 
