@@ -269,7 +269,14 @@ def main() -> None:
         "--ddp", choices=("spawn", "fork"), help="2 processes: torch DDP pairs vs lite ddp_<method>"
     )
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads in one process (1: steady on a shared machine)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     if args.memory:
         result: Any = peak_memory(args.memory, args.steps)
@@ -288,7 +295,8 @@ def main() -> None:
     else:
         device = torch.device(args.device)
         print(
-            f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, device {device}"
+            f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, device {device}, "
+            f"{torch.get_num_threads()} thread(s)"
             + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
         )
         result = one_process(args)
