@@ -27,13 +27,18 @@ def main() -> None:
     device = torch.device("cpu")  # e.g. torch.device("cuda", local_rank)
 
     # 1. The same loader as two ranks of a job would see it: disjoint halves, reshuffled per epoch.
-    views = [DeviceDataLoader(distributed_dataloader(make_loader(), num_replicas=2, rank=r), device) for r in (0, 1)]
+    views = [
+        DeviceDataLoader(distributed_dataloader(make_loader(), num_replicas=2, rank=r), device)
+        for r in (0, 1)
+    ]
     epochs: list[list[set[int]]] = [[], []]
     for rank, loader in enumerate(views):
         for _ in range(2):  # each new iteration is a new epoch (set_epoch is called for you)
             epochs[rank].append({int(i) for _, _, idx in loader for i in idx})
     print(f"samples per rank: {[len(e[0]) for e in epochs]}")
-    print(f"ranks disjoint: {not (epochs[0][0] & epochs[1][0])}, together all 64: {len(epochs[0][0] | epochs[1][0]) == 64}")
+    print(
+        f"ranks disjoint: {not (epochs[0][0] & epochs[1][0])}, together all 64: {len(epochs[0][0] | epochs[1][0]) == 64}"
+    )
     order = [[int(i) for _, _, idx in views[0] for i in idx] for _ in range(2)]
     print(f"rank 0 reshuffled between epochs: {order[0] != order[1]}")
 

@@ -59,7 +59,9 @@ def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:
     """Every parameter, in registration order, as one float64 vector on the CPU."""
-    return torch.cat([p.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for p in model.parameters()])
+    return torch.cat(
+        [p.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for p in model.parameters()]
+    )
 
 
 def reference_parameters() -> torch.Tensor:

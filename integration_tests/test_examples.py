@@ -16,7 +16,9 @@ CLASSIFIER = EXAMPLES / "image_classifier"
 def run_example(args: list[str], cwd: Path, timeout: float = 180) -> str:
     """Run ``python *args`` in ``cwd``; fail with its output if it exits non-zero; return stdout."""
     proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{args} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{args} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    )
     return proc.stdout
 
 
@@ -41,7 +43,8 @@ def test_image_classifier(args: list[str]) -> None:
 
 def test_collectives_under_torchrun() -> None:
     out = run_example(
-        ["-m", "torch.distributed.run", "--nproc_per_node", "2", str(EXAMPLES / "collectives_torchrun.py")], EXAMPLES
+        ["-m", "torch.distributed.run", "--nproc_per_node", "2", str(EXAMPLES / "collectives_torchrun.py")],
+        EXAMPLES,
     )
     assert "environment: TorchElasticEnvironment, world size 2" in out
     assert "all_reduce sum: 3.0, mean: 1.5" in out
@@ -61,7 +64,9 @@ def test_data_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["--strategy", "ddp_fork", "--precision", "32-true"]], ids=["ddp_spawn-bf16-mixed", "ddp_fork-32"]
+    "args",
+    [[], ["--strategy", "ddp_fork", "--precision", "32-true"]],
+    ids=["ddp_spawn-bf16-mixed", "ddp_fork-32"],
 )
 def test_tiny_trainer(args: list[str]) -> None:
     out = run_example([str(EXAMPLES / "tiny_trainer.py"), *args], EXAMPLES)

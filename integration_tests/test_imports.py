@@ -8,19 +8,28 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 PACKAGES_DIR = Path(__file__).parent.parent / "packages"
-LITE_PACKAGES = ["lite-devices", "lite-precision", "lite-collectives", "lite-data", "lite-strategies", "lite-facade"]
+LITE_PACKAGES = [
+    "lite-devices",
+    "lite-precision",
+    "lite-collectives",
+    "lite-data",
+    "lite-strategies",
+    "lite-facade",
+]
 OPTIONAL_BACKENDS = ("deepspeed", "fairscale", "torch_xla")
 
 
 def modules_after(statement: str) -> set[str]:
     """The top-level module names in ``sys.modules`` after running ``statement`` in a fresh interpreter."""
-    code = f"import sys, json\n{statement}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    code = (
+        f"import sys, json\n{statement}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return set(json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -24,7 +24,6 @@ parameters and updates). Each row also checks that training moved the parameters
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -149,13 +148,21 @@ FAILS = [
     Fail("cpu",      "ddp_sharded",    32,           2,       r"pip install 'lite-strategies\[fairscale\]'"),
     Fail("cpu",      "ddp_sharded_spawn", 32,        2,       r"pip install 'lite-strategies\[fairscale\]'"),
     Fail("cpu",      "tpu_spawn",      32,           2,       "does not run on accelerator='cpu'"),
-    Fail("cpu",      "fsdp",           32,           2,       "fsdp"),
+    pytest.param(
+        Fail("cpu",  "fsdp",           32,           2,       "fsdp"),
+        marks=pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+            "package bug (lite-facade): resolve_plan accepts 'fsdp' (registered for cpu, no `requires`), then "
+            "build_strategy lets lite_strategies' StrategyError 'not implemented yet in this release' escape "
+            "instead of a LiteConfigurationError")),
+    ),
     # Names nobody knows.
     Fail("cpu",      "horovod",        32,           2,       "unknown strategy 'horovod'"),
     Fail("cpu",      "ddp",            8,            2,       "precision='8' is not a precision"),
     Fail("ipu",      None,             32,           1,       "ipu"),
 ]
 # fmt: on
+
+FAIL_ROWS: list[Fail] = [row.values[0] if hasattr(row, "values") else row for row in FAILS]  # type: ignore[misc]
 
 # gpu / tpu / mps x every strategy x every precision x 1, 2 devices: each fails for the same reason
 # (no such device here), so these rows are generated rather than written out. Where the machine
@@ -252,7 +259,10 @@ def test_row_trains_like_plain_pytorch(
         with warnings.catch_warnings(record=True) as records:
             warnings.simplefilter("always")
             lite = MatrixLite(
-                accelerator=row.accelerator, strategy=row.strategy, devices=row.devices, precision=row.precision
+                accelerator=row.accelerator,
+                strategy=row.strategy,
+                devices=row.devices,
+                precision=row.precision,
             )
             result = lite.run()
         caught = [str(w.message) for w in records]
@@ -280,7 +290,9 @@ def test_row_trains_like_plain_pytorch(
 @pytest.mark.parametrize("row", FAILS, ids=str)
 def test_row_fails_at_construction(row: Fail) -> None:
     with pytest.raises(LiteConfigurationError, match=row.match):
-        MatrixLite(accelerator=row.accelerator, strategy=row.strategy, devices=row.devices, precision=row.precision)
+        MatrixLite(
+            accelerator=row.accelerator, strategy=row.strategy, devices=row.devices, precision=row.precision
+        )
 
 
 @pytest.mark.parametrize("row", UNAVAILABLE, ids=str)
@@ -288,13 +300,15 @@ def test_unavailable_accelerator_fails_at_construction(row: Fail) -> None:
     if get_accelerator(str(row.accelerator)).is_available():
         pytest.skip(f"{row.accelerator} is available on this machine; this matrix is the CPU's")
     with pytest.raises(LiteConfigurationError, match=row.match):
-        MatrixLite(accelerator=row.accelerator, strategy=row.strategy, devices=row.devices, precision=row.precision)
+        MatrixLite(
+            accelerator=row.accelerator, strategy=row.strategy, devices=row.devices, precision=row.precision
+        )
 
 
 def test_every_cpu_combination_is_in_a_table() -> None:
     """Each cpu strategy x precision x devices is either run or asserted to fail."""
     covered = {(r.strategy, canonical_precision(r.precision), r.devices) for r in RUNS}
-    for f in FAILS:
+    for f in FAIL_ROWS:
         if f.accelerator == "cpu" and f.precision in PRECISIONS and isinstance(f.devices, int):
             covered.add((f.strategy, canonical_precision(f.precision), f.devices))
     missing = [
@@ -308,5 +322,5 @@ def test_every_cpu_combination_is_in_a_table() -> None:
 
 
 def test_table_rows_are_unique() -> None:
-    ids = [str(r) for r in RUNS] + [f"{f}:{f.match}" for f in FAILS]
+    ids = [str(r) for r in RUNS] + [f"{f}:{f.match}" for f in FAIL_ROWS]
     assert len(ids) == len(set(ids))

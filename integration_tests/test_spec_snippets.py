@@ -76,7 +76,7 @@ def test_existing_pytorch_code() -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         dataloader = DataLoader(MyDataset(), batch_size=4)
         model.train()
-        for epoch in range(args.num_epochs):
+        for epoch in range(args.num_epochs):  # noqa: B007 - the spec's loop
             for batch in dataloader:
                 batch = batch.to(device)
                 optimizer.zero_grad()
@@ -103,14 +103,19 @@ class FiveStepLite(LightningLite):
         dataloader = self.setup_dataloaders(dataloader)  # Scale your dataloaders
         model.train()
         batches = 0
-        for epoch in range(args.num_epochs):
+        for epoch in range(args.num_epochs):  # noqa: B007 - the spec's loop
             for batch in dataloader:
                 optimizer.zero_grad()
                 loss = model(batch)
                 self.backward(loss)  # instead of loss.backward()
                 optimizer.step()
                 batches += 1
-        return {"before": before, "after": _full_loss(model.module), "batches": batches, "world": self.world_size}
+        return {
+            "before": before,
+            "after": _full_loss(model.module),
+            "batches": batches,
+            "world": self.world_size,
+        }
 
 
 @pytest.mark.parametrize(
@@ -215,7 +220,9 @@ class PlacementLite(LightningLite):
         model = nn.Linear(4, 2, device="meta")
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         model, optimizer = self.setup(model, optimizer, move_to_device=False)
-        loader = self.setup_dataloaders(DataLoader([torch.zeros(4, device="meta")] * 4, batch_size=2), move_to_device=False)
+        loader = self.setup_dataloaders(
+            DataLoader([torch.zeros(4, device="meta")] * 4, batch_size=2), move_to_device=False
+        )
         batch_devices = [batch.device.type for batch in loader]
         output = model(next(iter(loader)))
 
@@ -290,8 +297,13 @@ def test_flags_that_construct_here(flags: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("flags", "world_size"),
-    [({"devices": 2, "accelerator": "auto"}, 2), ({"strategy": "ddp_spawn", "accelerator": "cpu", "devices": 4}, 4),
-     ({"num_nodes": 8}, 8), ({"devices": None}, 1), ({"devices": 0}, 1)],
+    [
+        ({"devices": 2, "accelerator": "auto"}, 2),
+        ({"strategy": "ddp_spawn", "accelerator": "cpu", "devices": 4}, 4),
+        ({"num_nodes": 8}, 8),
+        ({"devices": None}, 1),
+        ({"devices": 0}, 1),
+    ],
     ids=str,
 )
 def test_flags_world_size(flags: dict[str, Any], world_size: int) -> None:
@@ -335,6 +347,16 @@ def test_gpus_shorthand_equals_devices_and_accelerator() -> None:
     assert "cuda" in str(shorthand.value) and "cuda" in str(longhand.value)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason=(
+        "package bug (lite-facade): `from lite_facade.plugins import DeepSpeedPlugin` raises lite_strategies' "
+        "StrategyError (pip install 'lite-strategies[deepspeed]') at import: plugins.__getattr__ calls "
+        "get_strategy_spec('deepspeed').load(), which checks the backend; the import should work and the "
+        "error come when it is used"
+    ),
+)
 def test_deepspeed_plugin_import_works_and_using_it_names_the_pip_extra() -> None:
     from lite_facade.plugins import DeepSpeedPlugin  # the import itself must work without deepspeed
 
@@ -404,7 +426,11 @@ class SetupLite(LightningLite):
         # loss.backward()
         self.backward(loss)
         optimizer.step()
-        return {"output_dtype": output.dtype, "module": type(model.module), "optimizer": type(optimizer.optimizer)}
+        return {
+            "output_dtype": output.dtype,
+            "module": type(model.module),
+            "optimizer": type(optimizer.optimizer),
+        }
 
 
 @pytest.mark.parametrize("move_to_device", [True, False])
@@ -440,7 +466,10 @@ class SeedLite(LightningLite):
 
 
 def test_seed_everything_snippet(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # seed_everything hands the seed on to subprocesses this way
+    for name in (
+        "PL_GLOBAL_SEED",
+        "PL_SEED_WORKERS",
+    ):  # seed_everything hands the seed on to subprocesses this way
         monkeypatch.setenv(name, "")  # so that monkeypatch restores the variable's absence afterwards
         monkeypatch.delenv(name)
     first, second = SeedLite(accelerator="cpu").run()
@@ -487,7 +516,7 @@ def test_print_snippet_prints_once(capfd: pytest.CaptureFixture[str]) -> None:
 class SaveLoadLite(LightningLite):
     def run(self) -> dict[str, Any]:
         model = nn.Linear(3, 2)
-        model, optimizer = self.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        model, optimizer = self.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))  # noqa: RUF059
         # Instead of `torch.save(...)`, call:
         self.save(model.state_dict(), "path/to/checkpoint.ckpt")
         # Instead of `torch.load(...)`, call:
@@ -551,7 +580,7 @@ class FitLite(LightningLite):
 
         # start fitting
         self.model.train()
-        for epoch in range(num_epochs):
+        for epoch in range(num_epochs):  # noqa: B007 - the spec's loop
             # The spec writes `for batch in enumerate(dataloader)` and then uses `batch_idx`: unpacked here.
             for batch_idx, batch in enumerate(dataloader):
                 optimizer.zero_grad()

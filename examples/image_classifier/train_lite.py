@@ -1,7 +1,7 @@
 """The same loop converted to LightningLite in the spec's 5 steps (diff it against train_torch.py).
 
-    python train_lite.py                                             # one CPU process
-    python train_lite.py --strategy ddp --devices 2 --accelerator cpu # DDP on 2 CPU processes
+python train_lite.py                                             # one CPU process
+python train_lite.py --strategy ddp --devices 2 --accelerator cpu # DDP on 2 CPU processes
 """
 
 import argparse
@@ -58,5 +58,7 @@ if __name__ == "__main__":
     parser.add_argument("--devices", default=1)
     parser.add_argument("--precision", default="32")
     args = parser.parse_args()
-    lite = Lite(accelerator=args.accelerator, strategy=args.strategy, devices=args.devices, precision=args.precision)
+    lite = Lite(
+        accelerator=args.accelerator, strategy=args.strategy, devices=args.devices, precision=args.precision
+    )
     lite.run(args)  # 5. instantiate and call run()
