@@ -269,6 +269,11 @@ def _check_strategy(
             f"strategy={spec.name!r} does not run on accelerator={accelerator!r}; "
             f"it runs on: {', '.join(spec.accelerators)}"
         )
+    if not spec.implemented:
+        errors.append(
+            f"strategy={spec.name!r} is registered but not implemented in this release; "
+            "use 'ddp', 'ddp_spawn' or 'ddp_fork'"
+        )
     if spec.requires and spec.requires not in inventory.installed:
         errors.append(
             f"strategy={spec.name!r} needs the {spec.requires!r} package, which is not installed: "

@@ -14,6 +14,9 @@ class PendingStrategy(ParallelStrategy):
     strategy_name: ClassVar[str] = "ddp"
 
     def __init__(self, **kwargs: Any) -> None:
+        from lite_strategies._registry import get_strategy_spec
+
+        get_strategy_spec(self.strategy_name).load()  # a missing backend: the error names the pip extra
         raise StrategyError(
             f"strategy {self.strategy_name!r} is not implemented yet in this release of lite-strategies; "
             f"use 'ddp', 'ddp_spawn' or 'ddp_fork'"

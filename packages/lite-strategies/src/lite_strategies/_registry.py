@@ -25,7 +25,8 @@ class StrategySpec:
     canonical accelerator names it accepts; ``launcher`` how it starts processes (None: it
     runs in the current process only); ``interactive`` whether it works in a notebook;
     ``requires`` the optional module it needs and ``extra`` the pip extra that installs it; ``min_devices``/``max_devices`` bound how many
-    devices (per node) it can use.
+    devices (per node) it can use; ``implemented`` is False for a row registered ahead of its
+    backend (building it raises).
     """
 
     name: str
@@ -39,6 +40,7 @@ class StrategySpec:
     extra: str | None = None
     min_devices: int = 1
     max_devices: int | None = None
+    implemented: bool = True
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -57,9 +59,13 @@ class StrategySpec:
         """Whether the optional module this strategy needs (if any) is installed; imports nothing."""
         return self.requires is None or importlib.util.find_spec(self.requires) is not None
 
-    def load(self) -> type[Strategy]:
-        """Import and return the strategy class; a missing backend raises :class:`StrategyError`."""
-        if not self.is_available():
+    def load(self, *, check_backend: bool = True) -> type[Strategy]:
+        """Import and return the strategy class; a missing backend raises :class:`StrategyError`.
+
+        ``check_backend=False`` returns the class even without its backend (its module imports
+        the backend lazily), so that e.g. a seed-compatible import line works everywhere.
+        """
+        if check_backend and not self.is_available():
             raise StrategyError(
                 f"strategy {self.name!r} needs the optional module {self.requires!r}, which is not "
                 f"installed: pip install 'lite-strategies[{self.extra}]'"
@@ -132,6 +138,7 @@ _ROWS = (
         requires="deepspeed",
         extra="deepspeed",
         description="DeepSpeed ZeRO (engine and optimizer set up together).",
+        implemented=False,
     ),
     StrategySpec(
         name="ddp_sharded",
@@ -144,6 +151,7 @@ _ROWS = (
         requires="fairscale",
         extra="fairscale",
         description="fairscale ShardedDataParallel with an OSS sharded optimizer.",
+        implemented=False,
     ),
     StrategySpec(
         name="ddp_sharded_spawn",
@@ -156,6 +164,7 @@ _ROWS = (
         requires="fairscale",
         extra="fairscale",
         description="ddp_sharded in processes started with 'spawn'.",
+        implemented=False,
     ),
     StrategySpec(
         name="fsdp",
@@ -166,6 +175,7 @@ _ROWS = (
         multi_process=True,
         interactive=False,
         description="torch FullyShardedDataParallel (optimizers are built after wrapping).",
+        implemented=False,
     ),
     StrategySpec(
         name="xla",
@@ -178,6 +188,7 @@ _ROWS = (
         requires="torch_xla",
         extra="xla",
         description="torch_xla on TPU cores, processes started by torch_xla's launcher.",
+        implemented=False,
     ),
 )
 

@@ -45,5 +45,6 @@ def __getattr__(name: str) -> Any:
     if name in _STRATEGY_PLUGINS:
         from lite_strategies import get_strategy_spec
 
-        return get_strategy_spec(_STRATEGY_PLUGINS[name]).load()
+        # The class imports without its backend; using it without the backend raises, naming the extra.
+        return get_strategy_spec(_STRATEGY_PLUGINS[name]).load(check_backend=False)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
