@@ -127,7 +127,9 @@ def test_precision_16_without_cpu_fp16_autocast_runs_as_bf16_with_a_warning() ->
 
 def test_installed_backend_is_not_asked_for_but_a_pending_one_is_refused() -> None:
     inventory = Inventory(
-        device_counts={"cpu": 1, "cuda": 2}, installed=frozenset({"deepspeed"}), environment=LightningEnvironment()
+        device_counts={"cpu": 1, "cuda": 2},
+        installed=frozenset({"deepspeed"}),
+        environment=LightningEnvironment(),
     )
     with pytest.raises(LiteConfigurationError) as err:
         resolve(inventory, strategy="deepspeed", accelerator="gpu", devices=2)

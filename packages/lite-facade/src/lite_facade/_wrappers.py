@@ -41,7 +41,7 @@ class _LiteModule(nn.Module):
     @property
     def forward_module(self) -> nn.Module:
         """What the strategy wrapped (e.g. the DDP module): what the forward actually runs."""
-        return cast(nn.Module, self._forward_module)
+        return self._forward_module
 
     def _choose_forward(self, precision: Precision) -> Callable[..., Any]:
         run = self._forward_module
