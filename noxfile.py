@@ -149,7 +149,13 @@ def docs(session: nox.Session) -> None:
         str(site),
         env={"NO_MKDOCS_2_WARNING": "1"},
     )
-    session.run("python", str(ROOT / "docs" / "run_code_blocks.py"), *session.posargs)
+    # Blocks that spawn processes re-import torch there: let Python keep the bytecode it compiles.
+    session.run(
+        "python",
+        str(ROOT / "docs" / "run_code_blocks.py"),
+        *session.posargs,
+        env={"PYTHONDONTWRITEBYTECODE": ""},
+    )
 
 
 @nox.session(python=PYTHON)

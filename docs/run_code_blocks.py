@@ -29,7 +29,13 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch  # noqa: F401  imported once here; every block's process is forked from this one
+# Imported once here, before any block: every block's process is forked from this one. The optimizer's
+# first step imports torch._dynamo, the facade torch.distributed: both are slow to import, so in
+# the parent too. No tensor op runs here (OpenMP's threads would not survive the fork).
+import torch
+import torch._dynamo
+import torch.distributed
+import torch.nn.parallel  # noqa: F401
 
 DOCS = Path(__file__).parent
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)
