@@ -121,13 +121,56 @@ def lint(session: nox.Session) -> None:
     session.run("python", str(ROOT / ".ci" / "check_imports.py"))
 
 
+def backend_tests(
+    session: nox.Session, backend: str, *requirements: str, install_args: tuple[str, ...] = ()
+) -> None:
+    """Install the facade's closure plus one optional backend, then run that backend's tests.
+
+    A backend's tests are ``packages/lite-strategies/tests/test_<backend>_*.py`` and
+    ``integration_tests/test_<backend>_*.py``; elsewhere (no backend installed) they skip.
+    """
+    install_wheels(session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS)
+    if requirements:
+        # torch is already installed (pinned): a backend that builds against it must see it.
+        session.install(*install_args, *requirements, TORCH)
+    files = sorted(
+        [
+            *(PACKAGES_DIR / "lite-strategies" / "tests").glob(f"test_{backend}_*.py"),
+            *(ROOT / "integration_tests").glob(f"test_{backend}_*.py"),
+        ]
+    )
+    if not files:
+        session.error(f"no test files for backend {backend!r}")
+    session.run("pytest", *map(str, files), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fsdp(session: nox.Session) -> None:
+    """The 'fsdp' strategy (torch FSDP2, no extra package) on CPU/gloo."""
+    backend_tests(session, "fsdp")
+
+
+@nox.session(python=PYTHON)
+def fairscale(session: nox.Session) -> None:
+    """The 'ddp_sharded' strategies on fairscale (OSS + ShardedDataParallel) on CPU/gloo."""
+    backend_tests(session, "fairscale", "fairscale==0.4.13")
+
+
+@nox.session(python=PYTHON)
+def deepspeed(session: nox.Session) -> None:
+    """The 'deepspeed' strategies (ZeRO stages, CPU accelerator, gloo)."""
+    backend_tests(session, "deepspeed", "deepspeed==0.19.8", install_args=("--no-build-isolation",))
+
+
 @nox.session(python=False)
 def ci(session: nox.Session) -> None:
-    """What CI runs: lint, every package alone, the integration matrix."""
+    """What CI runs: lint, every package alone, the integration matrix, the backends, the docs."""
     session.notify("lint")
     for package in PACKAGES:
         session.notify(f"tests(package='{package}')")
     session.notify("integration")
+    for backend in ("fsdp", "fairscale", "deepspeed"):
+        session.notify(backend)
     session.notify("docs")
 
 

@@ -269,19 +269,37 @@ class LightningLite(ABC):
     # -- checkpoints ---------------------------------------------------------------------------------
 
     def save(self, content: Any, filepath: str | Path) -> None:
-        """Use instead of ``torch.save``: written once (global rank 0), atomically.
+        """Use instead of ``torch.save``: written once (global rank 0), atomically; call it on every process.
 
-        Set-up models and optimizers inside ``content`` are stored as their state dicts.
+        Set-up models and optimizers inside ``content`` are stored as their full state dicts
+        (with sharded strategies the strategy gathers or shards them as it needs).
         """
-        self._strategy.save_checkpoint(filepath, _state_of(content))
+        self._strategy.save_checkpoint(filepath, _strategy_objects(content))
 
-    def load(self, filepath: str | Path, *, weights_only: bool = True) -> Any:
+    def load(
+        self, filepath: str | Path, state: dict[str, Any] | None = None, *, weights_only: bool = True
+    ) -> Any:
         """Use instead of ``torch.load``: every process loads, tensors land on this process's device.
 
-        Only tensors, containers and plain values load by default; pass ``weights_only=False`` for
-        a checkpoint you trust that holds other Python objects.
+        Without ``state``, returns what was saved. With ``state`` (e.g. ``{"model": model,
+        "optimizer": optimizer, "epoch": 0}``), loads the saved entries of the same keys into
+        the set-up models and optimizers in place, replaces the plain values in ``state``, and
+        returns the saved entries ``state`` did not name. Only tensors, containers and plain
+        values load by default; pass ``weights_only=False`` for a checkpoint you trust that holds
+        other Python objects.
         """
-        return self._strategy.load_checkpoint(filepath, weights_only=weights_only)
+        if state is None:
+            return self._strategy.load_checkpoint(filepath, weights_only=weights_only)
+        if not isinstance(state, dict):
+            raise TypeError(
+                f"load(state=...) takes a dict like {{'model': model}}, got {type(state).__name__}."
+            )
+        targets = {key: _strategy_objects(value) for key, value in state.items()}
+        rest = self._strategy.load_checkpoint(filepath, targets, weights_only=weights_only)
+        for key, value in targets.items():
+            if not isinstance(value, (nn.Module, Optimizer)):
+                state[key] = value
+        return rest
 
     # -- seeding -------------------------------------------------------------------------------------
 
@@ -306,10 +324,14 @@ def _launching(run: Callable[..., Any]) -> Callable[..., Any]:
     return launch_then_run
 
 
-def _state_of(content: Any) -> Any:
-    """Replace set-up models and optimizers (top level or in a dict) by their state dicts."""
+def _strategy_objects(content: Any) -> Any:
+    """Replace set-up models and optimizers (at any depth of dicts, lists, tuples) by what the strategy built."""
+    if isinstance(content, _LiteModule):
+        return content.forward_module
+    if isinstance(content, _LiteOptimizer):
+        return content.optimizer
     if isinstance(content, dict):
-        return {key: _state_of(value) for key, value in content.items()}
-    if isinstance(content, (nn.Module, Optimizer)):
-        return content.state_dict()
+        return {key: _strategy_objects(value) for key, value in content.items()}
+    if isinstance(content, (list, tuple)) and not hasattr(content, "_fields"):
+        return type(content)(_strategy_objects(value) for value in content)
     return content

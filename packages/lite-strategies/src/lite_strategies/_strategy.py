@@ -23,7 +23,7 @@ from lite_collectives import ClusterEnvironment
 from lite_devices import get_accelerator, move_to_device
 from lite_precision import Precision, get_precision
 from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
-from lite_strategies._errors import StrategyError
+from lite_strategies._errors import CheckpointError, StrategyError
 from lite_strategies._launcher import Launcher
 from lite_strategies._registry import get_strategy_spec
 
@@ -304,37 +304,90 @@ class Strategy:
 
     # ------------------------------------------------------------------ checkpoints
     def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
-        """The module's state dict with its original keys (no wrapper's ``module.`` prefix)."""
+        """The module's full state dict with its original keys (no wrapper's ``module.`` prefix).
+
+        Called on every rank (sharded strategies gather here, a collective).
+        """
         return unwrap_module(module).state_dict()
 
-    def save_checkpoint(self, path: _PathLike, state: dict[str, Any]) -> None:
-        """Save ``state`` to ``path`` from global rank 0 only, atomically; every rank waits for it.
+    def get_optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer's full state dict; called on every rank (sharded optimizers consolidate here)."""
+        return optimizer.state_dict()
 
-        Modules and optimizers at the top level of ``state`` are saved as their state dicts.
+    def load_module_state_dict(
+        self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True
+    ) -> None:
+        """Load a full state dict (original keys) into a module this strategy set up."""
+        unwrap_module(module).load_state_dict(state_dict, strict=strict)
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+        """Load a full optimizer state dict into an optimizer this strategy set up."""
+        optimizer.load_state_dict(state_dict)
+
+    def save_checkpoint(self, path: _PathLike, state: Any) -> None:
+        """Save ``state`` to ``path``: global rank 0 writes, atomically; every rank must call this.
+
+        Modules and optimizers (what :meth:`setup_module_and_optimizers` returned), at the top
+        level or inside dicts, lists and tuples, are saved as their full state dicts. Sharded
+        strategies override this to write one file per rank under ``path``.
         """
+        converted = self._convert_state(state)  # on every rank: sharded states gather here
         if self.is_global_zero:
-            self.checkpoint_io.save_checkpoint(self._convert_state(state), path)
+            self.checkpoint_io.save_checkpoint(converted, path)
         self.barrier("save_checkpoint")
 
-    def _convert_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        converted: dict[str, Any] = {}
-        for key, value in state.items():
-            if isinstance(value, nn.Module):
-                converted[key] = self.get_module_state_dict(value)
-            elif isinstance(value, torch.optim.Optimizer):
-                converted[key] = value.state_dict()
-            else:
-                converted[key] = value
-        return converted
+    def _convert_state(self, state: Any) -> Any:
+        if isinstance(state, nn.Module):
+            return self.get_module_state_dict(state)
+        if isinstance(state, torch.optim.Optimizer):
+            return self.get_optimizer_state_dict(state)
+        if isinstance(state, dict):
+            return {key: self._convert_state(value) for key, value in state.items()}
+        if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):
+            return type(state)(self._convert_state(value) for value in state)
+        return state
 
-    def load_checkpoint(self, path: _PathLike, *, weights_only: bool = True) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: _PathLike, state: dict[str, Any] | None = None, *, weights_only: bool = True
+    ) -> Any:
         """Load a checkpoint on this rank with tensors on the root device.
 
-        ``weights_only=False`` unpickles arbitrary objects: only for files you trust.
+        Without ``state``: return what was saved. With ``state`` (a dict of modules, optimizers
+        and plain values, keyed like the saved dict): load each module and optimizer in place,
+        replace each plain value in ``state`` by the saved one, and return the saved entries
+        that ``state`` did not name. A key of ``state`` missing from the file raises
+        :class:`CheckpointError`. ``weights_only=False`` unpickles arbitrary objects: only for
+        files you trust.
         """
-        return self.checkpoint_io.load_checkpoint(
+        checkpoint = self.checkpoint_io.load_checkpoint(
             path, map_location=self.root_device, weights_only=weights_only
         )
+        if state is None:
+            return checkpoint
+        return self._restore_state(path, checkpoint, state)
+
+    def _restore_state(self, path: _PathLike, checkpoint: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(checkpoint, dict):
+            raise CheckpointError(
+                f"{os.fspath(path)!r} holds a {type(checkpoint).__name__}, not a dict: it cannot be loaded into "
+                f"the state {sorted(state)}; load it without `state` instead"
+            )
+        missing = sorted(set(state) - set(checkpoint))
+        if missing:
+            raise CheckpointError(
+                f"{os.fspath(path)!r} has no entries {missing} that the state to load asks for; "
+                f"it has {sorted(checkpoint)}"
+            )
+        rest = dict(checkpoint)
+        for key, target in state.items():
+            value = rest.pop(key)
+            if isinstance(target, nn.Module):
+                self.load_module_state_dict(target, value)
+            elif isinstance(target, torch.optim.Optimizer):
+                self.load_optimizer_state_dict(target, value)
+            else:
+                state[key] = value
+        return rest
 
     def teardown(self) -> None:
         """Release what :meth:`setup_environment` acquired."""
