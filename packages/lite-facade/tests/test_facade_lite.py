@@ -233,6 +233,45 @@ def test_save_and_load_round_trip_with_plain_keys(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "weights.pt"]  # no temporary files left
 
 
+def test_load_into_a_state_resumes_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    data = torch.randn(8, 4)
+
+    def step(model: Any, optimizer: Any, lite_: Lite) -> float:
+        optimizer.zero_grad()
+        loss = model(data).pow(2).mean()
+        lite_.backward(loss)
+        optimizer.step()
+        return loss.item()
+
+    def body(self: Lite) -> dict[str, Any]:
+        model, optimizer = self.setup(*model_and_optimizer())
+        optimizer.optimizer.param_groups[0]["momentum"] = 0.9  # so the optimizer state matters
+        step(model, optimizer, self)
+        self.save({"model": model, "optimizer": [optimizer], "step": 1, "note": "kept"}, path)
+        expected_next = step(model, optimizer, self)
+
+        torch.manual_seed(123)  # a different start: the load must overwrite it
+        fresh = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        fresh_model, fresh_optimizer = self.setup(
+            fresh, torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+        )
+        state = {"model": fresh_model, "optimizer": [fresh_optimizer], "step": 0}
+        rest = self.load(path, state)
+        with pytest.raises(ValueError, match="no entries"):
+            self.load(path, {"model": fresh_model, "scheduler": 1})
+        return {
+            "rest": rest,
+            "step": state["step"],
+            "next": step(fresh_model, fresh_optimizer, self),
+            "expected": expected_next,
+        }
+
+    out = lite().run(body)
+    assert out["rest"] == {"note": "kept"} and out["step"] == 1
+    assert out["next"] == pytest.approx(out["expected"], rel=1e-6)
+
+
 def test_seed_everything_works_on_the_class_and_the_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # recorded, so monkeypatch restores them afterwards
         monkeypatch.setenv(key, "0")
