@@ -113,7 +113,7 @@ INVALID = [
     # unknown and unavailable accelerators
     (1, "npu", {}, ["'npu'", "'cpu'", "'gpu'", "'tpu'", "'auto'"]),
     (1, "", {}, ["not a known accelerator"]),
-    (1, "gpu", {}, ["'cuda' is not available", "device_counts", "Available: 'cpu'"]),
+    (1, "gpu", {}, ["'cuda' is not available", "Available: 'cpu'"]),
     (1, "mps", {"cuda": 1}, ["'mps' is not available", "'cpu', 'cuda'"]),
     (8, "tpu", {}, ["'xla' is not available"]),
     ([0, 1], "auto", {}, ["auto chose 'cpu'", "int number of processes"]),

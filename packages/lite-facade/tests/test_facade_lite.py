@@ -127,6 +127,42 @@ def test_backward_passes_extra_arguments_on() -> None:
     lite().run(body)
 
 
+def test_hooks_on_the_set_up_model_still_run() -> None:
+    seen: list[str] = []
+
+    def body(self: Lite) -> None:
+        model = self.setup(nn.Linear(2, 2))
+        model(torch.ones(1, 2))  # the fast path: no hook anywhere
+        local = model.register_forward_hook(lambda *_: seen.append("local"))
+        model(torch.ones(1, 2))
+        local.remove()
+        everywhere = nn.modules.module.register_module_forward_pre_hook(lambda *_: seen.append("global"))
+        try:
+            model(torch.ones(1, 2))
+        finally:
+            everywhere.remove()
+        model(torch.ones(1, 2))
+
+    lite().run(body)
+    # one global call for the wrapper and one for the Linear inside it
+    assert seen == ["local", "global", "global"]
+
+
+@pytest.mark.parametrize(
+    ("precision", "scaled"), [("32-true", False), ("bf16-mixed", False), ("16-mixed", True)]
+)
+def test_step_and_backward_go_through_the_precision_only_when_it_scales(precision: str, scaled: bool) -> None:
+    def body(self: Lite) -> dict[str, Any]:
+        model, optimizer = self.setup(*model_and_optimizer())
+        loss = model(torch.randn(4, 4)).sum()
+        self.backward(loss)
+        optimizer.step()
+        scaler = getattr(self._precision, "_scaler", None)
+        return {"scaler_used": scaler is not None and scaler._scale is not None}
+
+    assert lite(precision=precision).run(body)["scaler_used"] is scaled
+
+
 def test_lr_scheduler_accepts_the_wrapped_optimizer() -> None:
     def body(self: Lite) -> float:
         _, optimizer = self.setup(*model_and_optimizer())

@@ -186,3 +186,22 @@ def test_spawn_under_an_external_launcher_uses_the_existing_processes(
     assert plan.strategy == "ddp"
     assert "TorchElasticEnvironment" in plan.warnings[0]
     assert resolve(inventory, accelerator="cpu", devices=2).strategy == "ddp"
+
+
+@pytest.mark.parametrize("flags", [{"tpu_cores": 8}, {"tpu_cores": 1}, {"accelerator": "tpu", "devices": 8}])
+def test_xla_devices_default_to_the_xla_strategy(flags: dict[str, Any]) -> None:
+    inventory = Inventory(
+        device_counts={"cpu": 1, "xla": 8},
+        installed=frozenset({"torch_xla"}),
+        environment=LightningEnvironment(),
+    )
+    plan = resolve(inventory, **flags)
+    assert (plan.accelerator, plan.strategy) == ("xla", "xla")
+
+
+def test_unavailable_devices_give_one_error_not_derived_ones() -> None:
+    with pytest.raises(LiteConfigurationError) as err:
+        resolve(tpu_cores=8)
+    message = str(err.value)
+    assert message.count("\n  - ") == 1, message
+    assert "tpu_cores=8" in message and "xla" in message

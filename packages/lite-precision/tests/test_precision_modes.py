@@ -212,3 +212,32 @@ def test_autocast_context_nests() -> None:
             assert torch.is_autocast_enabled("cpu")
         assert torch.is_autocast_enabled("cpu")
     assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize(
+    ("name", "plain"),
+    [
+        ("64-true", True),
+        ("32-true", True),
+        ("16-mixed", False),  # the loss is scaled and the step unscaled
+        ("bf16-mixed", True),
+        ("16-true", True),
+        ("bf16-true", True),
+    ],
+)
+def test_plain_backward_and_step_flag(name: str, plain: bool) -> None:
+    assert get_precision(name).plain_backward_and_step is plain
+
+
+def test_a_subclass_that_overrides_backward_is_not_plain() -> None:
+    calls: list[str] = []
+
+    class Logging(Precision):
+        def backward(self, tensor: torch.Tensor, *args: object, **kwargs: object) -> None:
+            calls.append("backward")
+            super().backward(tensor, *args, **kwargs)
+
+    assert Precision().plain_backward_and_step
+    assert not Logging().plain_backward_and_step
+    Logging().backward(torch.ones(1, requires_grad=True).sum())
+    assert calls == ["backward"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import pytest
 import torch
@@ -116,3 +117,19 @@ def test_single_device_setup_converts_precision_and_keeps_optimizer_params() -> 
     model, (optimizer,) = strategy.setup_module_and_optimizers(model, [optimizer])
     assert model.weight.dtype == torch.float64
     assert optimizer.param_groups[0]["params"][0] is model.weight
+
+
+@pytest.mark.parametrize(
+    ("precision", "plain"), [("32-true", True), ("bf16-mixed", True), ("64-true", True), ("16-mixed", False)]
+)
+def test_plain_backward_and_step_follows_the_precision(precision: str, plain: bool) -> None:
+    assert SingleDeviceStrategy(precision=get_precision(precision)).plain_backward_and_step is plain
+    assert DDPStrategy(precision=get_precision(precision)).plain_backward_and_step is plain
+
+
+def test_a_strategy_that_overrides_the_step_is_not_plain() -> None:
+    class Counting(SingleDeviceStrategy):
+        def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+            return super().optimizer_step(optimizer, **kwargs)
+
+    assert not Counting().plain_backward_and_step

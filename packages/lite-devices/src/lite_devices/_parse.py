@@ -253,10 +253,11 @@ def parse_devices(
 
     n = count(spec.name)
     if n <= 0:
-        why = (
-            "device_counts gives it 0 devices"
+        # With an inventory passed in, this machine may still have the device: then say where the 0 came from.
+        why = spec.unavailable_reason() or (
+            f"the device_counts passed in list no {spec.name} device"
             if device_counts is not None
-            else spec.unavailable_reason() or f"no {spec.name} device was found"
+            else f"no {spec.name} device was found"
         )
         available = [name for name in ACCELERATORS if count(name) > 0]
         raise DeviceError(

@@ -131,9 +131,10 @@ def resolve_plan(
     device_list = selection.devices if selection else (torch.device("cpu"),)
 
     strategy_name, strategy_object = _strategy_name(
-        strategy, len(device_list), num_nodes, environment, inventory, errors
+        strategy, accelerator_name, len(device_list), num_nodes, environment, inventory, errors
     )
-    if strategy_name is not None:
+    # A default strategy chosen for devices that failed to parse would only add derived errors.
+    if strategy_name is not None and (selection is not None or strategy is not None):
         strategy_name = _check_strategy(
             strategy_name,
             accelerator_name,
@@ -217,6 +218,7 @@ def _accelerator_name(accelerator: str | None, gpus: Any, tpu_cores: Any) -> str
 
 def _strategy_name(
     strategy: Any,
+    accelerator: str,
     num_devices: int,
     num_nodes: int,
     environment: ClusterEnvironment,
@@ -226,6 +228,8 @@ def _strategy_name(
     if isinstance(strategy, Strategy):
         return type(strategy).strategy_name, strategy
     if strategy is None:
+        if accelerator == "xla":  # one strategy runs one or many XLA devices
+            return "xla", None
         if num_devices * num_nodes <= 1:
             return "single_device", None
         if environment.creates_processes_externally:

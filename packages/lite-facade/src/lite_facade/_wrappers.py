@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
+from torch.nn.modules import module as _module_globals
 from torch.optim import Optimizer
 
 if TYPE_CHECKING:
@@ -62,6 +63,20 @@ class _LiteModule(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._forward_impl(*args, **kwargs)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # nn.Module.__call__ would only look for hooks on this wrapper and then call `forward`:
+        # go straight there unless someone registered a hook on it (or compiled it in place).
+        if (
+            self._forward_pre_hooks
+            or self._forward_hooks
+            or self._backward_pre_hooks
+            or self._backward_hooks
+            or self.__dict__.get("_compiled_call_impl") is not None
+            or _global_module_hooks()
+        ):
+            return super().__call__(*args, **kwargs)
+        return self._forward_impl(*args, **kwargs)
+
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         """The original module's state dict (its own keys, no wrapper prefix)."""
         return self._original_module.state_dict(*args, **kwargs)
@@ -80,6 +95,25 @@ class _LiteModule(nn.Module):
         return f"_LiteModule({self._original_module!r})"
 
 
+_GLOBAL_HOOKS = tuple(
+    getattr(_module_globals, name, None)
+    for name in (
+        "_global_forward_pre_hooks",
+        "_global_forward_hooks",
+        "_global_backward_pre_hooks",
+        "_global_backward_hooks",
+    )
+)
+
+
+def _global_module_hooks() -> bool:
+    """Whether a hook was registered for every module (``register_module_forward_hook`` & co).
+
+    True as well on a torch that keeps them elsewhere, so the caller takes the safe path.
+    """
+    return any(hooks is None or hooks for hooks in _GLOBAL_HOOKS)
+
+
 class _LiteOptimizer(Optimizer):
     """A set-up optimizer: ``step`` goes through the strategy (and so the precision).
 
@@ -91,6 +125,16 @@ class _LiteOptimizer(Optimizer):
         # Deliberately no super().__init__: every piece of state lives in `optimizer`.
         self._optimizer = optimizer
         self._strategy = strategy
+        # Chosen once: when neither the strategy nor the precision adds anything to the step
+        # (no loss scaler, no engine), `step` is the optimizer's own.
+        self._step: Callable[..., Any] = (
+            optimizer.step if strategy.plain_backward_and_step else self._strategy_step
+        )
+
+    def _strategy_step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if closure is None:
+            return self._strategy.optimizer_step(self._optimizer)
+        return self._strategy.optimizer_step(self._optimizer, closure=closure)
 
     @property
     def optimizer(self) -> Optimizer:
@@ -123,8 +167,8 @@ class _LiteOptimizer(Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         if closure is None:
-            return self._strategy.optimizer_step(self._optimizer)
-        return self._strategy.optimizer_step(self._optimizer, closure=closure)
+            return self._step()
+        return self._step(closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._optimizer.zero_grad(set_to_none=set_to_none)

@@ -74,6 +74,7 @@ class LightningLite(ABC):
             warnings.warn(message, UserWarning, stacklevel=2)
         self._strategy = build_strategy(self._plan)
         self._precision = self._strategy.precision
+        self._plain_backward = self._strategy.plain_backward_and_step
         self._launched = False
         self._environment_ready = False
         self._models: list[nn.Module] = []
@@ -223,6 +224,9 @@ class LightningLite(ABC):
         self, tensor: torch.Tensor, *args: Any, model: nn.Module | None = None, **kwargs: Any
     ) -> None:
         """Use instead of ``loss.backward()``; extra arguments (``retain_graph``, ``inputs``, ...) pass on."""
+        if self._plain_backward:  # neither the strategy nor the precision adds anything
+            tensor.backward(*args, **kwargs)
+            return
         if model is None and len(self._models) == 1:
             model = self._models[0]
         # The strategy needs what it wrapped (e.g. DeepSpeed's engine), not the user's module.

@@ -110,6 +110,18 @@ class Precision:
         """The context to create a module in so that its parameters are born in this mode's dtype."""
         return contextlib.nullcontext()
 
+    @property
+    def plain_backward_and_step(self) -> bool:
+        """True when :meth:`backward` is exactly ``tensor.backward`` and :meth:`optimizer_step`
+        exactly ``optimizer.step``: a caller on the hot path may then call those directly.
+
+        False for a mode with a loss scaler and for any subclass that overrides either method.
+        """
+        return (
+            type(self).backward is Precision.backward
+            and type(self).optimizer_step is Precision.optimizer_step
+        )
+
     def backward(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """``tensor.backward(*args, **kwargs)``, scaled first where the mode scales losses."""
         tensor.backward(*args, **kwargs)

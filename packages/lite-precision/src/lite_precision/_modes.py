@@ -119,6 +119,15 @@ class MixedPrecision(Precision):
             self._scaler = torch.amp.GradScaler(self.device_type)
         return self._scaler
 
+    @property
+    def plain_backward_and_step(self) -> bool:
+        """True for bfloat16 (no scaler), unless a subclass overrides backward or optimizer_step."""
+        return (
+            not self.uses_scaler
+            and type(self).backward is MixedPrecision.backward
+            and type(self).optimizer_step is MixedPrecision.optimizer_step
+        )
+
     def convert_input(self, data: Any) -> Any:
         return cast_floating(data, self.dtype)
 

@@ -272,6 +272,19 @@ class Strategy:
         return move_to_device(batch, self.root_device)
 
     # ------------------------------------------------------------------ training step
+    @property
+    def plain_backward_and_step(self) -> bool:
+        """True when :meth:`backward` and :meth:`optimizer_step` add nothing to ``tensor.backward`` and
+        ``optimizer.step`` (neither this strategy nor its precision changes them): a caller on the
+        hot path may then call those directly. Strategies that drive the step themselves
+        (e.g. through an engine) override a method and so read False.
+        """
+        return (
+            type(self).backward is Strategy.backward
+            and type(self).optimizer_step is Strategy.optimizer_step
+            and self.precision.plain_backward_and_step
+        )
+
     def backward(self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kwargs: Any) -> None:
         """Backward through the precision plugin (which scales the loss for 16-mixed)."""
         self.precision.backward(tensor, *args, **kwargs)
