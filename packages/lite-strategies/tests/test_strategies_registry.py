@@ -90,12 +90,6 @@ def test_optional_backends_name_their_pip_extra(name: str, module: str, extra: s
             spec.load()()
 
 
-def test_fsdp_is_registered_but_not_implemented_yet() -> None:
-    cls = STRATEGIES["fsdp"].load()
-    with pytest.raises(StrategyError, match="'fsdp' is not implemented yet in this release"):
-        cls()
-
-
 def test_import_loads_no_optional_backend() -> None:
     code = (
         "import sys, lite_strategies; "

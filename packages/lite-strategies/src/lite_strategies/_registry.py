@@ -170,12 +170,12 @@ _ROWS = (
         name="fsdp",
         aliases=(),
         factory="lite_strategies._fsdp:FSDPStrategy",
-        accelerators=("cuda", "cpu"),
+        accelerators=("cpu", "cuda"),
         launcher="script",
         multi_process=True,
         interactive=False,
-        description="torch FullyShardedDataParallel (optimizers are built after wrapping).",
-        implemented=False,
+        description="torch FSDP2 (fully_shard): parameters, gradients and optimizer state sharded; "
+        "optimizers rebuilt over the shards.",
     ),
     StrategySpec(
         name="xla",
