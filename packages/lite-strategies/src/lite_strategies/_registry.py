@@ -151,7 +151,6 @@ _ROWS = (
         requires="fairscale",
         extra="fairscale",
         description="fairscale ShardedDataParallel with an OSS sharded optimizer.",
-        implemented=False,
     ),
     StrategySpec(
         name="ddp_sharded_spawn",
@@ -164,7 +163,6 @@ _ROWS = (
         requires="fairscale",
         extra="fairscale",
         description="ddp_sharded in processes started with 'spawn'.",
-        implemented=False,
     ),
     StrategySpec(
         name="fsdp",
