@@ -53,7 +53,9 @@ class _LiteModule(nn.Module):
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             # 1. convert inputs, 2. run under the precision's context, 3. convert outputs
-            args, kwargs = convert_input((args, kwargs))
+            args = convert_input(args)
+            if kwargs:
+                kwargs = convert_input(kwargs)
             with context():
                 output = run(*args, **kwargs)
             return convert_output(output)
@@ -72,7 +74,10 @@ class _LiteModule(nn.Module):
             or self._backward_pre_hooks
             or self._backward_hooks
             or self.__dict__.get("_compiled_call_impl") is not None
-            or _global_module_hooks()
+            or _ALL_FORWARD_PRE
+            or _ALL_FORWARD
+            or _ALL_BACKWARD_PRE
+            or _ALL_BACKWARD
         ):
             return super().__call__(*args, **kwargs)
         return self._forward_impl(*args, **kwargs)
@@ -95,23 +100,16 @@ class _LiteModule(nn.Module):
         return f"_LiteModule({self._original_module!r})"
 
 
-_GLOBAL_HOOKS = tuple(
-    getattr(_module_globals, name, None)
-    for name in (
-        "_global_forward_pre_hooks",
-        "_global_forward_hooks",
-        "_global_backward_pre_hooks",
-        "_global_backward_hooks",
-    )
-)
+def _global_hooks(name: str) -> Any:
+    # A torch that keeps these elsewhere gets a truthy stand-in: the caller then takes the safe path.
+    return getattr(_module_globals, name, True)
 
 
-def _global_module_hooks() -> bool:
-    """Whether a hook was registered for every module (``register_module_forward_hook`` & co).
-
-    True as well on a torch that keeps them elsewhere, so the caller takes the safe path.
-    """
-    return any(hooks is None or hooks for hooks in _GLOBAL_HOOKS)
+# The dicts torch keeps the hooks registered for every module in (register_module_forward_hook & co).
+_ALL_FORWARD_PRE = _global_hooks("_global_forward_pre_hooks")
+_ALL_FORWARD = _global_hooks("_global_forward_hooks")
+_ALL_BACKWARD_PRE = _global_hooks("_global_backward_pre_hooks")
+_ALL_BACKWARD = _global_hooks("_global_backward_hooks")
 
 
 class _LiteOptimizer(Optimizer):

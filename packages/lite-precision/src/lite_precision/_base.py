@@ -34,7 +34,7 @@ def _cast(obj: Any, target: torch.dtype) -> Any:
         return obj.to(target) if obj.is_floating_point() and obj.dtype is not target else obj
     kind = type(obj)
     if kind is tuple or kind is list:
-        return kind(_cast(item, target) for item in obj)
+        return kind([_cast(item, target) for item in obj])
     if kind is dict:
         return {key: _cast(value, target) for key, value in obj.items()}
     if kind in _LEAVES:
