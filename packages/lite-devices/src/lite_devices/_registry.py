@@ -7,10 +7,13 @@ asking about cpu or cuda never imports ``torch_xla``.
 
 from __future__ import annotations
 
+import glob
 import importlib
 import importlib.util
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 import torch
@@ -34,16 +37,31 @@ def _count_mps() -> int:
 
 def _count_xla() -> int:
     # Only reached when find_spec("torch_xla") succeeded (AcceleratorSpec.device_count checks).
+    # Never start the XLA runtime here: torch_xla's launcher refuses to start processes after it.
+    pjrt_device = os.environ.get("PJRT_DEVICE", "").strip().upper()
+    if pjrt_device == "CPU":
+        # XLA:CPU (asked for explicitly): torch_xla makes CPU_NUM_DEVICES devices, 1 by default.
+        value = os.environ.get("CPU_NUM_DEVICES", "1").strip()
+        return int(value) if value.isdigit() and int(value) > 0 else 1
+    if pjrt_device not in ("", "TPU") or not _has_google_pci_device():
+        return 0  # no TPU chip on this host: do not import torch_xla (slow; its TPU probe asks the network)
     try:  # torch_xla >= 2.1
         tpu = importlib.import_module("torch_xla._internal.tpu")
-        return int(tpu.num_available_devices())
-    except Exception:
-        pass
-    try:
-        xm = importlib.import_module("torch_xla.core.xla_model")
-        return len(xm.get_xla_supported_devices())
+        chips = int(tpu.num_available_chips())
+        return chips * int(tpu.num_logical_cores_per_chip()) if chips else 0
     except Exception:
         return 0
+
+
+def _has_google_pci_device() -> bool:
+    """Whether a PCI device with Google's vendor id (TPU chips have it) is attached."""
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            if Path(vendor).read_text().strip() == "0x1ae0":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,8 @@ class AcceleratorSpec:
             )
         if self.name == "mps":
             return "no MPS device (torch.backends.mps.is_available() is False; needs Apple silicon and macOS 12.3+)"
+        if self.name == "xla":
+            return "no TPU chip was found on this host (for XLA on the CPU, set PJRT_DEVICE=CPU)"
         return f"no {self.name} device was found"
 
 

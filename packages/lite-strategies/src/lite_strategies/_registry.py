@@ -185,8 +185,7 @@ _ROWS = (
         interactive=False,
         requires="torch_xla",
         extra="xla",
-        description="torch_xla on TPU cores, processes started by torch_xla's launcher.",
-        implemented=False,
+        description="torch_xla on TPU cores (XLA:CPU with PJRT_DEVICE=CPU), processes started by torch_xla's launcher.",
     ),
 )
 
