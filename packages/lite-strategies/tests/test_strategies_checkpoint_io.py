@@ -32,8 +32,9 @@ def _state(seed: int) -> dict[str, Any]:
     return {"w": torch.randn(64, 64, generator=g), "step": seed, "nested": {"b": [torch.ones(3) * seed]}}
 
 
-def test_roundtrip(tmp_path: Path) -> None:
-    io = TorchCheckpointIO()
+@pytest.mark.parametrize("fsync", [False, True])
+def test_roundtrip(tmp_path: Path, fsync: bool) -> None:
+    io = TorchCheckpointIO(fsync=fsync)
     path = tmp_path / "sub" / "ckpt.pt"  # parent directories are created
     io.save_checkpoint(_state(1), path)
     loaded = io.load_checkpoint(path)
