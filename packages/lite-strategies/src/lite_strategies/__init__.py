@@ -10,6 +10,7 @@ from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
 from lite_strategies._ddp import DDPForkStrategy, DDPSpawnStrategy, DDPStrategy
 from lite_strategies._dp import DataParallelStrategy
 from lite_strategies._errors import CheckpointError, ProcessFailedError, StrategyError
+from lite_strategies._fsdp import FSDPStrategy
 from lite_strategies._launcher import Launcher
 from lite_strategies._registry import STRATEGIES, StrategySpec, build_registry, get_strategy_spec
 from lite_strategies._script_launcher import ScriptLauncher
@@ -25,6 +26,7 @@ __all__ = [
     "DDPSpawnStrategy",
     "DDPStrategy",
     "DataParallelStrategy",
+    "FSDPStrategy",
     "Launcher",
     "ParallelStrategy",
     "ProcessFailedError",

@@ -25,6 +25,7 @@ _STRATEGY_PLUGINS = {
     "SingleDeviceStrategy": "single_device",
     "DDPShardedPlugin": "ddp_sharded",
     "DDPShardedStrategy": "ddp_sharded",
+    "FSDPStrategy": "fsdp",
     "TPUSpawnPlugin": "tpu_spawn",
     "TPUSpawnStrategy": "tpu_spawn",
 }
