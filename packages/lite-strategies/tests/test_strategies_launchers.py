@@ -214,3 +214,51 @@ def test_launcher_runs_in_this_process_under_an_external_launcher(monkeypatch: p
         assert strategy.launcher is not None
         assert strategy.launcher.launch(os.getpid) == os.getpid()
         strategy.teardown()
+
+
+_STUCK_CHILD = """
+import ctypes, os, sys, time
+import torch
+from lite_strategies import DDPForkStrategy
+
+def body(strategy, out):
+    with open(f"{out}.{strategy.global_rank}.pid", "w") as f:
+        f.write(str(os.getpid()))
+    if strategy.global_rank == 1:
+        ctypes.PyDLL(None).sleep(120)  # stuck in C code holding the GIL: no Python thread can run
+    time.sleep(120)
+
+if __name__ == "__main__":
+    strategy = DDPForkStrategy(accelerator="cpu", devices=[torch.device("cpu")] * 2)
+    strategy.launcher.launch(body, strategy, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_stuck_holding_the_gil_dies_with_its_killed_launcher(tmp_path: Path) -> None:
+    script = tmp_path / "stuck.py"
+    script.write_text(_STUCK_CHILD)
+    out = tmp_path / "stuck"
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], cwd=tmp_path, env=child_env())
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        pid_files = [Path(f"{out}.{rank}.pid") for rank in (0, 1)]
+        while not all(f.exists() and f.read_text() for f in pid_files):
+            assert time.monotonic() < deadline and proc.poll() is None, "the ranks did not start"
+            time.sleep(0.1)
+        pids = [int(f.read_text()) for f in pid_files]
+        time.sleep(0.5)  # rank 1 is inside the GIL-holding call by now
+        proc.kill()  # SIGKILL: the launcher cannot clean up
+        proc.wait(timeout=10)
+        for pid in pids:
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _alive(pid), f"rank process {pid} outlived its killed launcher"
+    finally:
+        proc.kill()
+        for pid_file in tmp_path.glob("stuck.*.pid"):
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass

@@ -74,6 +74,11 @@ def start_parent_watchdog(parent_pid: int | None = None) -> None:
     if _watchdog_started or parent_pid is None or os.getppid() != parent_pid:
         return
     _watchdog_started = True
+    # The kernel's own guard first: it works even when this process is stuck in C code that holds
+    # the GIL (where the thread below could never run), e.g. an OpenMP pool broken by fork.
+    _kill_me_when_parent_dies()
+    if os.getppid() != parent_pid:  # the parent died before the guard was set
+        os._exit(1)
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -87,6 +92,20 @@ def start_parent_watchdog(parent_pid: int | None = None) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="lite-parent-watchdog", daemon=True).start()
+
+
+def _kill_me_when_parent_dies() -> None:
+    """Ask Linux to SIGKILL this process when the thread that started it exits (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl here: the watchdog thread still runs
+        pass
 
 
 def stop_processes(procs: list[Any]) -> None:
