@@ -55,7 +55,7 @@ def _backend() -> SimpleNamespace:
             "pip install 'lite-strategies[fairscale]'"
         ) from exc
 
-    class LiteOSS(OSS):  # type: ignore[misc]
+    class LiteOSS(OSS):
         """fairscale's OSS whose ``zero_grad`` keeps gradients attached to ShardedDataParallel's buffers."""
 
         def zero_grad(self, set_to_none: bool = True) -> None:
@@ -74,9 +74,9 @@ def _backend() -> SimpleNamespace:
             super().load_state_dict({**state_dict, "state": dict(state_dict["state"])})
             # torch's loader also kept a copy of this rank's shard in the outer state, which
             # nothing reads (the shard's optimizer holds it): free it.
-            self.state = defaultdict(dict)
+            self.state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
 
-    class LiteShardedDataParallel(ShardedDataParallel):  # type: ignore[misc]
+    class LiteShardedDataParallel(ShardedDataParallel):
         """ShardedDataParallel that re-attaches dropped gradients to its buffers before each forward."""
 
         def forward(self, *inputs: Any, **kwargs: Any) -> Any:
