@@ -146,7 +146,18 @@ def test_optimizer_that_stepped_or_holds_other_parameters_is_refused_before_shar
     foreign = torch.optim.Adam([*model.parameters(), nn.Parameter(torch.zeros(5))], lr=0.1)
     with pytest.raises(StrategyError, match=r"holds 1 parameter\(s\) that are not in the module"):
         strategy.setup_module_and_optimizers(model, [foreign])
+    with pytest.raises(StrategyError, match=r"optimizer 1 \(_Needy\) cannot be rebuilt.*needs \['scale'\]"):
+        strategy.setup_module_and_optimizers(
+            model, [torch.optim.SGD(model.parameters()), _Needy(model.parameters(), 2.0)]
+        )
     assert not isinstance(model, fsdp.FSDPModule)  # refused before anything was sharded
+
+
+class _Needy(torch.optim.SGD):
+    """An optimizer whose constructor needs an argument that its defaults do not hold."""
+
+    def __init__(self, params: Any, scale: float) -> None:
+        super().__init__(params, lr=0.1 * scale)
 
 
 def test_setup_needs_the_process_group() -> None:
@@ -168,7 +179,8 @@ def _rebuild(rank: int, world_size: int) -> dict[str, Any]:
         weight_decay=0.01,
     )
     adagrad = torch.optim.Adagrad(model.parameters(), lr=0.2)  # has state from its constructor
-    model, (sgd, ada) = strategy.setup_module_and_optimizers(model, [optimizer, adagrad])
+    adamw = torch.optim.AdamW(model.parameters(), lr=0.3)  # its defaults hold a key its __init__ lacks
+    model, (sgd, ada, adamw) = strategy.setup_module_and_optimizers(model, [optimizer, adagrad, adamw])
     params = dict(model.named_parameters())
     return {
         "new": sgd is not optimizer and type(sgd) is torch.optim.SGD and type(ada) is torch.optim.Adagrad,
@@ -178,6 +190,7 @@ def _rebuild(rank: int, world_size: int) -> dict[str, Any]:
         "dtensor": all(type(p).__name__ == "DTensor" for p in model.parameters()),
         "adagrad_state": sorted({type(s["sum"]).__name__ for s in ada.state.values()}),
         "adagrad_keys": all(p in ada.state for p in model.parameters()),
+        "adamw": (type(adamw) is torch.optim.AdamW, adamw.param_groups[0]["lr"], adamw.defaults["lr"]),
     }  # fmt: skip
 
 
@@ -192,6 +205,7 @@ def test_optimizers_are_rebuilt_over_the_sharded_parameters() -> None:
         assert result["same_params"] == [True] * 4
         assert result["dtensor"]
         assert result["adagrad_state"] == ["DTensor"] and result["adagrad_keys"]
+        assert result["adamw"] == (True, 0.3, 0.3)
 
 
 def _train(rank: int, world_size: int, precision_name: str, policy: Any) -> dict[str, Any]:

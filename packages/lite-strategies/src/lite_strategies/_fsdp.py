@@ -10,6 +10,7 @@ processes, or optionally a single full file.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import tempfile
 import weakref
@@ -252,12 +253,14 @@ class FSDPStrategy(ParallelStrategy):
         parameters not in ``module``, raises :class:`StrategyError` (before anything is sharded).
         """
         names = {id(param): name for name, param in module.named_parameters()}
+        # Everything that can be refused is checked before the module is sharded (in place).
         plans = [_optimizer_plan(opt, index, names) for index, opt in enumerate(optimizers)]
+        defaults = [_constructor_defaults(opt, index) for index, opt in enumerate(optimizers)]
         module = self.setup_module(module, move_to_device=move_to_device)
         sharded = dict(module.named_parameters())
         rebuilt = []
-        for opt, groups in zip(optimizers, plans):
-            new = _rebuild_optimizer(opt, groups, sharded)
+        for opt, groups, kwargs in zip(optimizers, plans, defaults):
+            new = _rebuild_optimizer(opt, groups, kwargs, sharded)
             self._optimizer_modules[new] = module
             rebuilt.append(new)
         return module, rebuilt
@@ -600,17 +603,49 @@ def _optimizer_plan(
     return plan
 
 
+def _constructor_defaults(optimizer: Optimizer, index: int) -> dict[str, Any]:
+    """The ``defaults`` to rebuild ``optimizer`` with: those its constructor takes (checked before sharding).
+
+    Every param group carries all of its hyperparameters, so the defaults only matter for groups
+    added later (and AdamW's defaults hold a key its constructor lacks).
+    """
+    cls = type(optimizer)
+    try:
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self, params
+    except (TypeError, ValueError):  # pragma: no cover - a constructor without a signature
+        return dict(optimizer.defaults)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    names = {p.name for p in parameters}
+    required = [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and p.name not in optimizer.defaults
+    ]
+    if required:
+        raise StrategyError(
+            f"optimizer {index} ({cls.__name__}) cannot be rebuilt over the sharded parameters: its constructor "
+            f"needs {required}, which are not in its `defaults`; FSDP rebuilds optimizers as "
+            f"{cls.__name__}(param_groups, **defaults)"
+        )
+    return {k: v for k, v in optimizer.defaults.items() if takes_any or k in names}
+
+
 def _rebuild_optimizer(
-    optimizer: Optimizer, plan: list[tuple[dict[str, Any], list[str]]], sharded: dict[str, nn.Parameter]
+    optimizer: Optimizer,
+    plan: list[tuple[dict[str, Any], list[str]]],
+    defaults: dict[str, Any],
+    sharded: dict[str, nn.Parameter],
 ) -> Optimizer:
+    cls = type(optimizer)
     groups = [{**hyper, "params": [sharded[name] for name in names]} for hyper, names in plan]
     try:
-        return type(optimizer)(groups, **optimizer.defaults)
+        return cls(groups, **defaults)
     except Exception as exc:
         raise StrategyError(
-            f"could not rebuild the {type(optimizer).__name__} over the sharded parameters as "
-            f"{type(optimizer).__name__}(param_groups, **optimizer.defaults): {exc}. FSDP needs optimizers whose "
-            "constructor takes their `defaults` as keyword arguments"
+            f"could not rebuild the {cls.__name__} over the sharded parameters as {cls.__name__}(param_groups, "
+            f"**defaults) with defaults {sorted(defaults)}: {exc}"
         ) from exc
 
 
