@@ -8,6 +8,7 @@ Importing this package imports no optional backend (deepspeed, fairscale, torch_
 
 from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
 from lite_strategies._ddp import DDPForkStrategy, DDPSpawnStrategy, DDPStrategy
+from lite_strategies._deepspeed import DeepSpeedStrategy, consolidate_deepspeed_checkpoint
 from lite_strategies._dp import DataParallelStrategy
 from lite_strategies._errors import CheckpointError, ProcessFailedError, StrategyError
 from lite_strategies._fsdp import FSDPStrategy
@@ -26,6 +27,7 @@ __all__ = [
     "DDPSpawnStrategy",
     "DDPStrategy",
     "DataParallelStrategy",
+    "DeepSpeedStrategy",
     "FSDPStrategy",
     "Launcher",
     "ParallelStrategy",
@@ -38,6 +40,7 @@ __all__ = [
     "StrategySpec",
     "TorchCheckpointIO",
     "build_registry",
+    "consolidate_deepspeed_checkpoint",
     "get_strategy_spec",
     "unwrap_module",
 ]
