@@ -262,3 +262,32 @@ def test_a_child_stuck_holding_the_gil_dies_with_its_killed_launcher(tmp_path: P
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
+
+
+_FLAGS_SCRIPT = """
+import json, sys
+import torch
+from lite_strategies import DDPStrategy
+
+def body(strategy, out):
+    with open(f"{out}.{strategy.global_rank}.json", "w") as f:
+        json.dump({"dev_mode": sys.flags.dev_mode, "warnoptions": sys.warnoptions, "argv": sys.argv[1:]}, f)
+
+if __name__ == "__main__":
+    strategy = DDPStrategy(accelerator="cpu", devices=[torch.device("cpu")] * 2)
+    strategy.launcher.launch(body, strategy, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("as_module", [False, True], ids=["script", "python-m"])
+def test_script_launcher_passes_interpreter_options_on(tmp_path: Path, as_module: bool) -> None:
+    import json
+
+    (tmp_path / "flags_script.py").write_text(_FLAGS_SCRIPT)
+    out = tmp_path / "flags"
+    target = ["-m", "flags_script"] if as_module else [str(tmp_path / "flags_script.py")]
+    proc = _run([sys.executable, "-X", "dev", "-W", "ignore::UserWarning", *target, str(out)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    seen = [json.loads(Path(f"{out}.{rank}.json").read_text()) for rank in (0, 1)]
+    assert seen[0] == seen[1], seen  # the re-run rank got the same interpreter options
+    assert seen[1]["dev_mode"] is True and "ignore::UserWarning" in seen[1]["warnoptions"]

@@ -35,7 +35,7 @@ def script_command() -> list[str]:
     spec = getattr(__main__, "__spec__", None)
     if spec is not None and spec.name:
         name = spec.name.removesuffix(".__main__")
-        return [sys.executable, "-m", name, *sys.argv[1:]]
+        return [sys.executable, *interpreter_options(["-m", name]), "-m", name, *sys.argv[1:]]
     main_file = getattr(__main__, "__file__", None)
     if not main_file or not sys.argv or sys.argv[0] in ("", "-c", "-"):
         raise StrategyError(
@@ -43,7 +43,22 @@ def script_command() -> list[str]:
             "again, but this session has no script (interactive, notebook or `python -c`). Use "
             "strategy='ddp_notebook' (fork) or 'ddp_spawn', or put the code in a file and run it"
         )
-    return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+    return [sys.executable, *interpreter_options([sys.argv[0]]), os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+
+
+def interpreter_options(target: list[str]) -> list[str]:
+    """The options given to the interpreter itself (``-X importtime``, ``-W error``, ``-O``...), which
+    the ranks started again must get too; ``target`` is how the script or module was named.
+
+    Read from ``sys.orig_argv``; ``[]`` when it does not end in ``target`` and this process's
+    arguments (then it is not a plain ``python [options] target args`` command line). ``-i`` is
+    left out: a rank must not stop at a prompt.
+    """
+    orig = list(getattr(sys, "orig_argv", []))
+    tail = [*target, *sys.argv[1:]]
+    if len(orig) < 1 + len(tail) or orig[len(orig) - len(tail) :] != tail:
+        return []
+    return [option for option in orig[1 : len(orig) - len(tail)] if option != "-i"]
 
 
 class ScriptLauncher:
