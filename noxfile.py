@@ -65,8 +65,8 @@ def closure(package: str) -> list[str]:
     return seen
 
 
-def install_wheels(session: nox.Session, packages: list[str], *extra: str) -> None:
-    """Build ``packages`` as wheels from this checkout and install them with torch and ``extra``.
+def install_wheels(session: nox.Session, packages: list[str], *extra: str, torch: str = TORCH) -> None:
+    """Build ``packages`` as wheels from this checkout and install them with ``torch`` and ``extra``.
 
     The wheels are passed by path, so the resolver takes every in-repo name from here.
     """
@@ -86,7 +86,7 @@ def install_wheels(session: nox.Session, packages: list[str], *extra: str) -> No
             external=True,
         )
     wheels = sorted(str(w) for w in out.glob("*.whl"))
-    session.install(*wheels, TORCH, *extra)
+    session.install(*wheels, torch, *extra)
 
 
 @nox.session(python=PYTHON)
@@ -219,3 +219,34 @@ def gpu(session: nox.Session) -> None:
     for package in PACKAGES:
         session.run("pytest", str(PACKAGES_DIR / package / "tests"), "-q", "-rs", *session.posargs)
     session.run("python", str(ROOT / "bench" / "bench_step.py"), "--device", "cuda")
+
+
+XLA_TORCH = "torch==2.9.0"  # torch_xla pins the torch it was built against
+XLA_REQUIREMENT = "torch_xla==2.9.0"
+XLA_TEST_GLOB = "test_*xla*.py"
+
+
+@nox.session(python=PYTHON)
+def xla(session: nox.Session) -> None:
+    """Opt-in, not in CI: torch 2.9.0 with torch_xla 2.9.0 on XLA:CPU (``PJRT_DEVICE=CPU``, one device).
+
+    First every package's tests under that older torch (the packages declare torch>=2.1),
+    as CI's machine looks: torch_xla installed, no XLA device asked for. Then the XLA tests
+    (the 'xla' strategy, its launcher, the facade on 'tpu') with ``PJRT_DEVICE=CPU``, in a
+    pytest process of their own: the XLA runtime must not start in one that later forks ranks.
+    torch 2.9.0 is a CUDA build: the first run downloads about 4 GB (cached by uv afterwards).
+    """
+    install_wheels(
+        session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS, XLA_REQUIREMENT, torch=XLA_TORCH
+    )
+    plain = {"PJRT_DEVICE": None, "CPU_NUM_DEVICES": None, "PYTHONDONTWRITEBYTECODE": "1"}
+    xla_files = sorted(
+        str(f)
+        for d in (*(PACKAGES_DIR / p / "tests" for p in PACKAGES), ROOT / "integration_tests")
+        for f in d.glob(XLA_TEST_GLOB)
+    )
+    for package in PACKAGES:
+        tests_dir = PACKAGES_DIR / package / "tests"
+        skip = [f"--ignore={f}" for f in xla_files if Path(f).parent == tests_dir]
+        session.run("pytest", str(tests_dir), *skip, *session.posargs, env=plain)
+    session.run("pytest", *xla_files, "-rs", *session.posargs, env={**plain, "PJRT_DEVICE": "CPU"})

@@ -114,7 +114,9 @@ def _setup_16_mixed(
 
 def _backward(precision: Precision, model: torch.nn.Module) -> torch.Tensor:
     x, y = make_data()
-    loss = torch.nn.functional.mse_loss(forward(precision, model, x), y)
+    out = forward(precision, model, x)
+    # matching dtypes: on torch 2.9 mse_loss(float64, float32) fails in backward
+    loss = torch.nn.functional.mse_loss(out, y.to(out.dtype))
     precision.backward(loss)
     return loss
 
