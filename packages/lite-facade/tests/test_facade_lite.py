@@ -386,3 +386,16 @@ def test_training_on_cuda(precision: str, tmp_path: Path) -> None:
     assert out["device"] == "cuda:0" and out["param_device"] == "cuda:0" and out["loaded_device"] == "cuda:0"
     assert out["moved"] == "cuda:0"
     assert all(torch.isfinite(torch.tensor(out["losses"])))
+
+
+def test_seed_wrapper_import_paths() -> None:
+    from lite_facade.lite.lite import LightningLite as SeedModuleLite
+    from lite_facade.lite.wrappers import _LiteDataLoader, _LiteModule, _LiteOptimizer
+
+    assert SeedModuleLite is LightningLite
+    loader = _LiteDataLoader(DataLoader(range(5), batch_size=2))
+    assert len(loader) == 3 and [b.tolist() for b in loader] == [[0, 1], [2, 3], [4]]
+    module = nn.Linear(2, 2)
+    wrapped = _LiteModule(module, lite()._precision_plugin)
+    assert wrapped.module is module and wrapped(torch.ones(1, 2)).shape == (1, 2)
+    assert issubclass(_LiteOptimizer, torch.optim.Optimizer)

@@ -125,16 +125,15 @@ def test_precision_16_without_cpu_fp16_autocast_runs_as_bf16_with_a_warning() ->
     assert "bf16" in plan.warnings[0]
 
 
-def test_installed_backend_is_not_asked_for_but_a_pending_one_is_refused() -> None:
+@pytest.mark.parametrize("strategy", ["deepspeed", "deepspeed_stage_3", "ddp_sharded", "fsdp"])
+def test_an_installed_backend_resolves(strategy: str) -> None:
     inventory = Inventory(
-        device_counts={"cpu": 1, "cuda": 2},
-        installed=frozenset({"deepspeed"}),
+        device_counts={"cpu": 1},
+        installed=frozenset({"deepspeed", "fairscale"}),
         environment=LightningEnvironment(),
     )
-    with pytest.raises(LiteConfigurationError) as err:
-        resolve(inventory, strategy="deepspeed", accelerator="gpu", devices=2)
-    assert "not implemented in this release" in str(err.value)
-    assert "pip install" not in str(err.value)
+    plan = resolve(inventory, strategy=strategy, accelerator="cpu", devices=2)
+    assert (plan.strategy, plan.world_size) == (strategy, 2)
 
 
 def test_interactive_session_defaults_to_fork_and_refuses_script_relaunch() -> None:

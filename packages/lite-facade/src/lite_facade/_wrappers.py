@@ -26,8 +26,12 @@ class _LiteModule(nn.Module):
     user passed to ``setup``, whose parameter names ``state_dict`` and ``load_state_dict`` use.
     """
 
-    def __init__(self, forward_module: nn.Module, precision: Precision, original_module: nn.Module) -> None:
+    def __init__(
+        self, forward_module: nn.Module, precision: Precision, original_module: nn.Module | None = None
+    ) -> None:
         super().__init__()
+        if original_module is None:  # nothing wrapped it: the module runs as it is
+            original_module = forward_module
         self._forward_module = forward_module
         # Not registered as a submodule: it is (or is inside) `_forward_module` already.
         object.__setattr__(self, "_original_module", original_module)

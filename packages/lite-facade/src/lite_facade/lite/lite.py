@@ -122,6 +122,11 @@ class LightningLite(ABC):
     # -- properties ------------------------------------------------------------------------------------
 
     @property
+    def _precision_plugin(self) -> Any:
+        """The precision plugin (the seed's private name for it, kept for code that reads it)."""
+        return self._precision
+
+    @property
     def device(self) -> torch.device:
         """The device this process runs on: where ``setup`` puts models and data."""
         return self._strategy.root_device
