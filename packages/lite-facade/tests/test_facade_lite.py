@@ -64,13 +64,17 @@ def test_setup_keeps_the_originals_reachable_and_the_keys_plain() -> None:
 def test_setting_up_a_set_up_object_is_a_clear_error() -> None:
     def body(self: Lite) -> None:
         model, optimizer = self.setup(*model_and_optimizer())
-        with pytest.raises(ValueError, match="already set up"):
+        assert self._models_setup == 1
+        with pytest.raises(ValueError, match="A model should be passed only once to the"):
             self.setup(model)
-        with pytest.raises(ValueError, match="already set up"):
+        with pytest.raises(ValueError, match="An optimizer should be passed only once to the"):
             self.setup(nn.Linear(1, 1), optimizer)
         loader = self.setup_dataloaders(DataLoader(TensorDataset(torch.zeros(4, 1))))
-        with pytest.raises(ValueError, match="already set up"):
+        with pytest.raises(ValueError, match="A dataloader should be passed only once to the"):
             self.setup_dataloaders(loader)
+        with pytest.raises(TypeError, match="Only PyTorch DataLoader are currently supported"):
+            self.setup_dataloaders(range(2))  # type: ignore[arg-type]
+        assert self._models_setup == 1
 
     lite().run(body)
 

@@ -122,6 +122,11 @@ class LightningLite(ABC):
     # -- properties ------------------------------------------------------------------------------------
 
     @property
+    def _models_setup(self) -> int:
+        """How many models ``setup`` has set up (the seed's private counter)."""
+        return len(self._models)
+
+    @property
     def _precision_plugin(self) -> Any:
         """The precision plugin (the seed's private name for it, kept for code that reads it)."""
         return self._precision
@@ -191,12 +196,13 @@ class LightningLite(ABC):
     def _setup_dataloader(self, dataloader: DataLoader, replace_sampler: bool, move_to_device: bool) -> Any:
         if isinstance(dataloader, DeviceDataLoader):
             raise ValueError(
-                "This dataloader was already set up by `setup_dataloaders()`. Pass the original DataLoader "
-                "(it is the wrapper's `.dataloader`) or use the set-up one as it is."
+                "A dataloader should be passed only once to the `setup_dataloaders()` method: this one is already "
+                "set up. Pass the original DataLoader (the wrapper's `.dataloader`) or use the set-up one as it is."
             )
         if not isinstance(dataloader, DataLoader):
             raise TypeError(
-                f"setup_dataloaders() takes torch.utils.data.DataLoader objects, got {type(dataloader).__name__}."
+                f"Only PyTorch DataLoader are currently supported in `setup_dataloaders()`, got "
+                f"{type(dataloader).__name__}: wrap it in a torch.utils.data.DataLoader."
             )
         sampler_kwargs = self._strategy.distributed_sampler_kwargs
         if replace_sampler and sampler_kwargs and not has_iterable_dataset(dataloader):
@@ -207,16 +213,16 @@ class LightningLite(ABC):
     def _check_setup_arguments(self, model: nn.Module, optimizers: Sequence[Optimizer]) -> None:
         if isinstance(model, _LiteModule):
             raise ValueError(
-                "This model was already set up by `setup()`. Pass the original model (the wrapper's `.module`) "
-                "or use the set-up one as it is."
+                "A model should be passed only once to the `setup()` method: this one is already set up. Pass the "
+                "original model (the wrapper's `.module`) or use the set-up one as it is."
             )
         if not isinstance(model, nn.Module):
             raise TypeError(f"setup() takes a torch.nn.Module first, got {type(model).__name__}.")
         for opt in optimizers:
             if isinstance(opt, _LiteOptimizer):
                 raise ValueError(
-                    "An optimizer passed to setup() was already set up. Pass the original optimizer "
-                    "(the wrapper's `.optimizer`)."
+                    "An optimizer should be passed only once to the `setup()` method: this one is already set up. "
+                    "Pass the original optimizer (the wrapper's `.optimizer`)."
                 )
             if not isinstance(opt, Optimizer):
                 raise TypeError(
