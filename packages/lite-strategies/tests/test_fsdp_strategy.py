@@ -208,10 +208,10 @@ def test_optimizers_are_rebuilt_over_the_sharded_parameters() -> None:
         assert result["adamw"] == (True, 0.3, 0.3)
 
 
-def _train(rank: int, world_size: int, precision_name: str, policy: Any) -> dict[str, Any]:
+def _train(rank: int, world_size: int, precision_name: str, options: dict[str, Any]) -> dict[str, Any]:
     expected = reference(precision_name)  # before any process group or sharding
     precision = get_precision(precision_name, "cpu")
-    strategy = FSDPStrategy(devices=cpus(world_size), precision=precision, auto_wrap_policy=policy)
+    strategy = FSDPStrategy(devices=cpus(world_size), precision=precision, **options)
     strategy.setup_environment()
     model = make_model()
     model, (optimizer,) = strategy.setup_module_and_optimizers(
@@ -233,20 +233,26 @@ def _train(rank: int, world_size: int, precision_name: str, policy: Any) -> dict
 
 
 @pytest.mark.parametrize(
-    ("precision", "policy", "tolerance", "dtype"),
+    ("precision", "options", "tolerance", "dtype"),
     [
-        ("32-true", None, 1e-6, "torch.float32"),
-        ("32-true", {nn.Linear}, 1e-6, "torch.float32"),
-        ("64-true", nn.Linear, 1e-12, "torch.float64"),
-        ("bf16-mixed", {nn.Linear}, 1e-2, "torch.float32"),
-        ("16-mixed", None, 2e-3, "torch.float32"),
-        ("bf16-true", None, 2e-2, "torch.bfloat16"),
+        ("32-true", {}, 1e-6, "torch.float32"),
+        ("32-true", {"auto_wrap_policy": {nn.Linear}, "reshard_after_forward": False}, 1e-6, "torch.float32"),
+        (
+            "32-true",
+            {"auto_wrap_policy": lambda m: isinstance(m, nn.Linear), "cpu_offload": True},
+            1e-6,
+            "torch.float32",
+        ),
+        ("64-true", {"auto_wrap_policy": nn.Linear}, 1e-12, "torch.float64"),
+        ("bf16-mixed", {"auto_wrap_policy": {nn.Linear}}, 1e-2, "torch.float32"),
+        ("16-mixed", {}, 2e-3, "torch.float32"),
+        ("bf16-true", {}, 2e-2, "torch.bfloat16"),
     ],
 )
 def test_two_processes_train_like_one_on_the_global_batch(
-    precision: str, policy: Any, tolerance: float, dtype: str
+    precision: str, options: dict[str, Any], tolerance: float, dtype: str
 ) -> None:
-    for result in run_processes(_train, 2, precision, policy, init=False, timeout=TIMEOUT):
+    for result in run_processes(_train, 2, precision, options, init=False, timeout=TIMEOUT):
         assert result["plain"] and result["dtype"] == dtype  # full tensors, the parameters' own dtype
         moved = max(
             (result["expected"][k] - make_model().state_dict()[k]).abs().max() for k in result["expected"]
