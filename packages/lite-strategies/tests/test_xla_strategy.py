@@ -8,8 +8,9 @@ What runs only against a FAKE: the multi-replica paths (all_gather / all_reduce 
 barrier across replicas, the sampler split, gradient averaging, rank-0-only writes). Collectives
 between two XLA:CPU devices abort inside torch_xla, so those tests replace the torch_xla
 functions the strategy calls (``xm.all_gather``, ``xm.all_reduce``, ``xm.rendezvous``,
-``xm.reduce_gradients``, ``xr.world_size`` / ``global_ordinal`` ...) with :class:`FakeXLA`,
-which records each call and answers as a replica of a two-replica job would.
+``xm.reduce_gradients``, the differentiable ``all_gather``, ``xr.world_size``,
+``xr.global_ordinal`` ...) with :class:`FakeXLA`, which records each call and answers as a
+replica of a two-replica job would.
 """
 
 from __future__ import annotations
@@ -262,6 +263,7 @@ def fake_replica(monkeypatch: pytest.MonkeyPatch) -> Any:
         fake = FakeXLA(rank, others=others)
         monkeypatch.setattr(xla_module, "_xm", lambda: fake)
         monkeypatch.setattr(xla_module, "_xr", lambda: fake)
+        monkeypatch.setattr(xla_module, "_xf", lambda: fake)
         monkeypatch.setattr(xla_module, "_xla_device", lambda: torch.device("cpu"))
         monkeypatch.setattr(xla_module, "_sync", lambda: fake.sync())
         strategy = XLAStrategy(devices=[XLA0, torch.device("xla", 1)])
@@ -307,6 +309,15 @@ def test_fake_all_gather_stacks_every_replica(fake_replica: Any) -> None:
     assert out["x"].shape == (2, 3) and torch.equal(out["n"], torch.tensor([4, 4]))
     assert fake.calls == [("all_gather", (1, 3), 0, [[0, 1]]), ("all_gather", (1,), 0, [[0, 1]])]
     assert torch.equal(data["x"], torch.ones(3)) and data["n"] == 4  # input unchanged
+
+
+def test_fake_all_gather_with_gradients_uses_the_differentiable_gather(fake_replica: Any) -> None:
+    strategy, fake = fake_replica(1)
+    out = strategy.all_gather(torch.ones(2, requires_grad=True), sync_grads=True)
+    assert out.shape == (2, 2) and out.requires_grad
+    assert fake.calls == [("all_gather", (1, 2), 0, None)]
+    with pytest.raises(StrategyError, match="takes no replica groups"):
+        strategy.all_gather(torch.ones(2), group=[[0, 1]], sync_grads=True)
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,12 @@ def _xm() -> Any:
     return xm
 
 
+def _xf() -> Any:
+    import torch_xla.core.functions as xf  # the differentiable collectives
+
+    return xf
+
+
 def _xr() -> Any:
     import torch_xla.runtime as xr
 
@@ -225,10 +231,15 @@ class XLAStrategy(Strategy):
         Each tensor of shape ``S`` comes back as ``(world_size, *S)`` on this process's device;
         in one process the data is returned unchanged. ``group``: torch_xla replica groups
         (a list of lists of ordinals). ``sync_grads=True`` keeps the result in the autograd
-        graph (``torch_xla.core.functions.all_gather``).
+        graph (``torch_xla.core.functions.all_gather``, over every replica: no ``group``).
         """
         if not self.is_distributed:
             return lite_collectives.all_gather(data, group=None, sync_grads=sync_grads)
+        if sync_grads and group is not None:
+            raise StrategyError(
+                "all_gather(sync_grads=True) gathers over every replica on XLA (torch_xla's differentiable "
+                "all_gather takes no replica groups); pass group=None, or sync_grads=False with the group"
+            )
         xm = _xm()
         device = self.root_device
         data = tree_map_only((int, float), lambda x: torch.tensor(x, device=device), data)
@@ -236,9 +247,7 @@ class XLAStrategy(Strategy):
         def gather(tensor: torch.Tensor) -> torch.Tensor:
             tensor = tensor.to(device).unsqueeze(0)
             if sync_grads:
-                import torch_xla.core.functions as xf
-
-                gathered: torch.Tensor = xf.all_gather(tensor, dim=0, groups=group)
+                gathered: torch.Tensor = _xf().all_gather(tensor, dim=0)
                 return gathered
             return xm.all_gather(tensor.detach(), dim=0, groups=group)
 
