@@ -55,9 +55,14 @@ def flat(model: nn.Module) -> list[float]:
 
 
 class ShardedLite(LightningLite):
-    """4 steps over a global batch of 8; saves after SAVE_AFTER steps, or resumes from there."""
+    """Trains 4 steps over a global batch of 8, saving after SAVE_AFTER; then resumes from the file."""
 
-    def run(self, path: str, resume: bool) -> dict[str, Any]:
+    def run(self, path: str) -> dict[str, Any]:
+        trained = self.train(path, resume=False)
+        resumed = self.train(path, resume=True)  # a new model and optimizer, set up again
+        return {"trained": trained, "resumed": resumed}
+
+    def train(self, path: str, resume: bool) -> dict[str, Any]:
         model = make_model()
         model, optimizer = self.setup(model, make_optimizer(model))
         x, y = make_data()
@@ -119,10 +124,7 @@ from test_fairscale_facade import ShardedLite
 
 def main():
     path = os.path.join(sys.argv[1], "checkpoint.pt")
-    results = {{}}
-    for resume in (False, True):
-        lite = ShardedLite(strategy="ddp_sharded", accelerator="cpu", devices=2)
-        results["resumed" if resume else "trained"] = lite.run(path, resume)
+    results = ShardedLite(strategy="ddp_sharded", accelerator="cpu", devices=2).run(path)
     with open(os.path.join(sys.argv[1], f"rank{{os.environ.get('RANK', '0')}}.json"), "w") as f:
         json.dump(results, f)
 
@@ -158,11 +160,10 @@ def test_ddp_sharded_script_launcher_trains_like_plain_pytorch_and_resumes(tmp_p
 
 def test_ddp_sharded_spawn_trains_like_plain_pytorch_and_resumes(tmp_path: Path) -> None:
     path = str(tmp_path / "checkpoint.pt")
-    trained = ShardedLite(strategy="ddp_sharded_spawn", accelerator="cpu", devices=2).run(path, False)
+    results = ShardedLite(strategy="ddp_sharded_spawn", accelerator="cpu", devices=2).run(path)
+    check(results["trained"], results["resumed"], reference())
     # the file is one plain checkpoint: full model and optimizer state dicts
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["step"] == SAVE_AFTER
     assert list(checkpoint["model"]) == list(make_model().state_dict())
     assert sorted(checkpoint["optimizer"]["state"]) == list(range(len(list(make_model().parameters()))))
-    resumed = ShardedLite(strategy="ddp_sharded_spawn", accelerator="cpu", devices=2).run(path, True)
-    check(trained, resumed, reference())
