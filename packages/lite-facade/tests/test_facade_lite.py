@@ -403,3 +403,57 @@ def test_seed_wrapper_import_paths() -> None:
     wrapped = _LiteModule(module, lite()._precision_plugin)
     assert wrapped.module is module and wrapped(torch.ones(1, 2)).shape == (1, 2)
     assert issubclass(_LiteOptimizer, torch.optim.Optimizer)
+
+
+def test_no_backward_sync_keeps_gradients_local_until_the_synced_backward() -> None:
+    def body(self: Lite) -> dict[str, Any]:
+        torch.manual_seed(0)
+        model = self.setup(nn.Linear(3, 1, bias=False))
+        rank_input = torch.full((1, 3), float(self.global_rank + 1))
+        with self.no_backward_sync(model):
+            self.backward(model(rank_input).sum())
+        local = model.module.weight.grad.clone()
+        self.backward(model(rank_input).sum())  # synchronized: averages the accumulated gradients
+        with pytest.raises(TypeError, match="setup"), self.no_backward_sync(nn.Linear(1, 1)):
+            pass
+        return {"local": self.all_gather(local), "synced": self.all_gather(model.module.weight.grad)}
+
+    out = lite(strategy="ddp_fork", devices=2).run(body)
+    local, synced = out["local"], out["synced"]
+    assert not torch.equal(local[0], local[1])  # each rank kept its own gradient
+    torch.testing.assert_close(synced[0], synced[1])
+    torch.testing.assert_close(synced[0], local[0] + local[1])  # (2 * r1 + 2 * r2) / 2
+
+
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
+def test_clip_gradients_by_norm_and_by_value(precision: str) -> None:
+    def body(self: Lite) -> dict[str, Any]:
+        model, optimizer = self.setup(*model_and_optimizer())
+        self.backward(model(torch.ones(2, 4) * 10).mean() * 1e-2)  # small enough for float16 x 65536
+        norm = self.clip_gradients(model, optimizer, max_norm=0.05)
+        clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+        optimizer.step()
+        self.backward(model(torch.ones(2, 4)).sum())
+        self.clip_gradients(model, optimizer, clip_val=1e-3)
+        largest = max(float(p.grad.abs().max()) for p in model.parameters())
+        with pytest.raises(ValueError, match="exactly one"):
+            self.clip_gradients(model, optimizer)
+        return {"norm": float(norm), "clipped": float(clipped), "largest": largest}
+
+    reference, _ = model_and_optimizer()
+    (reference(torch.ones(2, 4) * 10).mean() * 1e-2).backward()
+    true_norm = float(torch.nn.utils.clip_grad_norm_(reference.parameters(), float("inf")))
+    out = lite(precision=precision).run(body)
+    assert out["norm"] == pytest.approx(true_norm, rel=1e-2)  # unscaled first under 16-mixed
+    assert true_norm > 0.05 and out["clipped"] == pytest.approx(0.05, rel=1e-3)
+    assert out["largest"] <= 1e-3 + 1e-9
+
+
+def test_all_reduce_of_tensors_and_numbers() -> None:
+    def body(self: Lite) -> Any:
+        return self.all_reduce(torch.tensor(float(self.global_rank + 1)), reduce_op="sum"), self.all_reduce(
+            self.global_rank * 2
+        )
+
+    total, mean = lite(strategy="ddp_fork", devices=2).run(body)
+    assert float(total) == 3.0 and float(mean) == 1.0

@@ -131,6 +131,10 @@ class LightningLite(ABC):
         """The precision plugin (the seed's private name for it, kept for code that reads it)."""
         return self._precision
 
+    @_precision_plugin.setter
+    def _precision_plugin(self, plugin: Any) -> None:
+        self._precision = plugin
+
     @property
     def device(self) -> torch.device:
         """The device this process runs on: where ``setup`` puts models and data."""
@@ -250,6 +254,59 @@ class LightningLite(ABC):
         with self._precision.forward_context():
             yield
 
+    @contextmanager
+    def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> Generator[None, None, None]:
+        """Skip the gradient synchronization of ``backward`` inside the block (gradient accumulation).
+
+        With DDP-like strategies the gradients of the backward passes inside the block stay local
+        and are summed into the next synchronized backward; elsewhere (one process, DeepSpeed)
+        this does nothing. ``enabled=False`` makes it a no-op, for ``enabled=not is_last_micro_batch``.
+        """
+        if not isinstance(module, _LiteModule):
+            raise TypeError(
+                "no_backward_sync() takes the model that `setup()` returned, got "
+                f"{type(module).__name__}; call `model = self.setup(model)` first"
+            )
+        if not enabled:
+            yield
+            return
+        with self._strategy.no_backward_sync(module.forward_module):
+            yield
+
+    def clip_gradients(
+        self,
+        module: nn.Module,
+        optimizer: Optimizer,
+        clip_val: float | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor | None:
+        """Clip the gradients of ``module``'s parameters after ``backward``, before ``optimizer.step()``.
+
+        Pass ``clip_val`` to clamp every gradient value to ``[-clip_val, clip_val]``, or ``max_norm``
+        to rescale them so that their total ``norm_type`` norm is at most ``max_norm`` (the norm
+        before clipping is returned). Gradients scaled for 16-mixed are unscaled first, and there a
+        non-finite norm is not an error: the loss scaler skips that step and lowers the scale.
+        """
+        if (clip_val is None) == (max_norm is None):
+            raise ValueError(
+                "clip_gradients() needs exactly one of clip_val= (by value) or max_norm= (by norm)"
+            )
+        inner = optimizer.optimizer if isinstance(optimizer, _LiteOptimizer) else optimizer
+        self._precision.unscale_gradients(inner)
+        parameters = [p for p in module.parameters() if p.grad is not None]
+        if clip_val is not None:
+            torch.nn.utils.clip_grad_value_(parameters, clip_val)
+            return None
+        assert max_norm is not None
+        return torch.nn.utils.clip_grad_norm_(
+            parameters,
+            max_norm,
+            norm_type=norm_type,
+            error_if_nonfinite=error_if_nonfinite and not self._precision.uses_scaler,
+        )
+
     def to_device(self, obj: Any) -> Any:
         """Move a module, a tensor or any collection of tensors to this process's device."""
         if isinstance(obj, nn.Module):
@@ -267,6 +324,16 @@ class LightningLite(ABC):
         if isinstance(data, (int, float, bool)):
             data = torch.tensor(data, device=self.device)
         return self._strategy.all_gather(data, group=group, sync_grads=sync_grads)
+
+    def all_reduce(self, data: Any, group: Any = None, reduce_op: str = "mean") -> Any:
+        """Reduce tensors (or collections of them, or Python numbers) over every process.
+
+        ``reduce_op`` is ``"mean"``, ``"sum"``, ``"max"``, ``"min"`` or ``"product"``; the input is
+        not modified. In a single process the data come back unchanged.
+        """
+        if isinstance(data, (int, float, bool)):
+            data = torch.tensor(data, device=self.device)
+        return self._strategy.all_reduce(data, op=reduce_op, group=group)
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         """Send ``obj`` (any picklable object or tensor) from process ``src`` to all the others."""
