@@ -170,6 +170,9 @@ class DeepSpeedStrategy(ParallelStrategy):
         logging_level: int = logging.WARNING,
         **kwargs: Any,
     ) -> None:
+        from lite_strategies._registry import get_strategy_spec
+
+        get_strategy_spec(self.strategy_name).load()  # without deepspeed: the error names the pip extra
         options = dict(
             stage=stage,
             config=config,
@@ -233,7 +236,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         self._config, dtype = _complete_config(
             user_config,
             precision=self.precision.name,
-            device_type=self.root_device.type,
+            device_type=self.devices[0].type,
             micro_batch_size=logging_batch_size_per_gpu,
             allow_untested_optimizer=zero_allow_untested_optimizer,
             scaler=scaler,
