@@ -428,3 +428,23 @@ def test_resume_on_another_number_of_processes_gives_the_same_next_losses(
         assert result["rest"] == {}
         assert result["losses"] == pytest.approx(results[0]["losses"], rel=1e-6)
         assert_all_close(result["params"], results[0]["params"])
+
+
+@pytest.mark.filterwarnings("ignore:.*CUDA is not available")
+def test_float16_mixed_gets_a_shard_aware_scaler_and_a_custom_one_is_refused() -> None:
+    # What setup_environment does on CUDA, run on CPU (only the swap itself: no step is taken).
+    from fairscale.optim.grad_scaler import ShardedGradScaler
+
+    from lite_precision import MixedPrecision
+
+    strategy = DDPShardedStrategy(devices=CPU2)
+    strategy._precision = MixedPrecision("cpu")  # bypasses the CPU refusal, for this check only
+    strategy._use_sharded_scaler()
+    assert isinstance(strategy.precision.scaler, ShardedGradScaler)
+
+    class CustomScaler(torch.amp.GradScaler):
+        pass
+
+    strategy._precision = MixedPrecision("cpu", scaler=CustomScaler("cpu"))
+    with pytest.raises(StrategyError, match=r"needs a shard-aware loss scaler.*CustomScaler"):
+        strategy._use_sharded_scaler()

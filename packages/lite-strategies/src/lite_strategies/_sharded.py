@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 import weakref
 from collections import defaultdict
 from contextlib import AbstractContextManager
@@ -195,7 +196,9 @@ class DDPShardedStrategy(ParallelStrategy):
                 f"{self.precision!r} uses {type(scaler).__name__}; pass "
                 "MixedPrecision('cuda', scaler=fairscale.optim.grad_scaler.ShardedGradScaler()) or no scaler"
             )
-        sharded = ShardedGradScaler()
+        with warnings.catch_warnings():  # fairscale builds on the deprecated torch.cuda.amp.GradScaler
+            warnings.simplefilter("ignore", FutureWarning)
+            sharded = ShardedGradScaler()
         sharded.load_state_dict(scaler.state_dict())  # keeps the settings (initial scale, growth, ...)
         self.precision._scaler = sharded
 
