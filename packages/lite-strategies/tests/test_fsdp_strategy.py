@@ -58,6 +58,10 @@ def forward(model: nn.Module, precision: Any, x: torch.Tensor) -> torch.Tensor:
     return precision.convert_output(out)  # type: ignore[no-any-return]
 
 
+def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.mse_loss(out, y.to(out.dtype))  # 64-true outputs float64; older torch does not mix
+
+
 def reference(precision_name: str) -> dict[str, torch.Tensor]:
     """Plain PyTorch, one process, the whole batch, the same precision (autocast for the mixed modes)."""
     precision = get_precision(precision_name, "cpu")
@@ -65,7 +69,7 @@ def reference(precision_name: str) -> dict[str, torch.Tensor]:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     x, y = make_data()
     for _ in range(STEPS):
-        loss = nn.functional.mse_loss(forward(model, precision, x), y)
+        loss = mse(forward(model, precision, x), y)
         precision.backward(loss)
         precision.optimizer_step(optimizer)
         optimizer.zero_grad()
@@ -219,7 +223,7 @@ def _train(rank: int, world_size: int, precision_name: str, options: dict[str, A
     )
     x, y = shard(strategy, *make_data())
     for _ in range(STEPS):
-        loss = nn.functional.mse_loss(forward(model, precision, x), y)
+        loss = mse(forward(model, precision, x), y)
         strategy.backward(loss, model)
         strategy.optimizer_step(optimizer)
         optimizer.zero_grad()
@@ -272,7 +276,7 @@ def _skip_inf(rank: int, world_size: int) -> dict[str, Any]:
     )
     before = {k: v.clone() for k, v in strategy.get_module_state_dict(model).items()}
     x, y = shard(strategy, *make_data())
-    strategy.backward(nn.functional.mse_loss(forward(model, precision, x), y), model)
+    strategy.backward(mse(forward(model, precision, x), y), model)
     if rank == 1:  # an overflow in one process's shard of the gradients only
         model[0].weight.grad.to_local().view(-1)[0] = math.inf
     strategy.optimizer_step(optimizer)
