@@ -457,3 +457,18 @@ def test_all_reduce_of_tensors_and_numbers() -> None:
 
     total, mean = lite(strategy="ddp_fork", devices=2).run(body)
     assert float(total) == 3.0 and float(mean) == 1.0
+
+
+def test_what_only_the_strategy_can_refuse_is_a_configuration_error_at_construction() -> None:
+    # A strategy can refuse the resolved settings only when it is built with them: still at construction.
+    from lite_strategies import DDPStrategy, StrategyError
+
+    class OneDeviceOnly(DDPStrategy):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            if len(self.devices) > 1:
+                raise StrategyError("this strategy takes one device per node")
+
+    with pytest.raises(LiteConfigurationError, match="one device per node") as err:
+        Lite(accelerator="cpu", devices=2, strategy=OneDeviceOnly())
+    assert "strategy='ddp'" in str(err.value) and "devices=2" in str(err.value)

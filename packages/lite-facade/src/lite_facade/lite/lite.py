@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader
 from lite_data import DeviceDataLoader, distributed_dataloader, has_iterable_dataset
 from lite_devices import move_to_device
 from lite_facade._build import build_strategy
-from lite_facade._resolve import Inventory, Plan, resolve_plan
+from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
+from lite_precision import PrecisionError
+from lite_strategies import StrategyError
 
 __all__ = ["LightningLite"]
 
@@ -72,7 +74,14 @@ class LightningLite(ABC):
         )
         for message in self._plan.warnings:
             warnings.warn(message, UserWarning, stacklevel=2)
-        self._strategy = build_strategy(self._plan)
+        try:
+            self._strategy = build_strategy(self._plan)
+        except (StrategyError, PrecisionError) as err:  # what only building the strategy can tell
+            plan = self._plan
+            raise LiteConfigurationError(
+                f"LightningLite(accelerator={plan.accelerator!r}, strategy={plan.strategy!r}, "
+                f"devices={plan.num_devices}, precision={plan.precision!r}) cannot run here:\n  - {err}"
+            ) from err
         self._precision = self._strategy.precision
         self._plain_backward = self._strategy.plain_backward_and_step
         self._launched = False
