@@ -375,7 +375,9 @@ def _save_and_resume(rank: int, world_size: int, directory: str, stage: int) -> 
     }
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+# Stage 2 and 3 resume through the facade in integration_tests/test_deepspeed_facade.py; stage 0
+# saves the full module once (no ZeRO shards), which consolidation reads differently.
+@pytest.mark.parametrize("stage", [0, 3])
 def test_deepspeed_save_then_resume_gives_the_same_next_loss(tmp_path: Path, stage: int) -> None:
     directory = tmp_path / "ckpt"
     results = run_processes(_save_and_resume, 2, str(directory), stage, init=False, timeout=180)
