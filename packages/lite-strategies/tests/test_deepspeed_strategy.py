@@ -10,6 +10,7 @@ case also checks that training moved the parameters by more than 10x its toleran
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,16 @@ def test_deepspeed_several_optimizers_for_one_model_are_refused() -> None:
         _strategy().setup_module_and_optimizers(model, optimizers)
 
 
+def test_deepspeed_gradient_clipping_outside_the_config_is_refused() -> None:
+    strategy = _strategy()
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(StrategyError, match=r"'gradient_clipping': 1\.0"):
+        strategy.clip_gradients_norm(model, optimizer, max_norm=1.0)
+    with pytest.raises(StrategyError, match="cannot clip gradients by value"):
+        strategy.clip_gradients_value(model, optimizer, clip_val=0.5)
+
+
 # ---------------------------------------------------------------------- in two processes
 def _make_model() -> nn.Module:
     model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
@@ -449,7 +460,6 @@ def _inference_and_errors(rank: int, world_size: int) -> dict[str, Any]:
     other = strategy.setup_module(_make_model())
     for name, call in {
         "backward_without_model": lambda: strategy.backward(output.sum(), None),
-        "no_backward_sync": lambda: strategy.no_backward_sync(engine),
         "foreign_optimizer": lambda: strategy.optimizer_step(torch.optim.SGD(model.parameters(), lr=LR)),
     }.items():
         try:
@@ -464,27 +474,58 @@ def test_deepspeed_inference_engine_and_misuse_errors() -> None:
     for result in run_processes(_inference_and_errors, 2, init=False, timeout=120):
         assert result["close"]
         assert "which of the 2 DeepSpeed engines" in result["errors"]["backward_without_model"]
-        assert "cannot skip the synchronization" in result["errors"]["no_backward_sync"]
         assert "no DeepSpeed engine of this strategy owns" in result["errors"]["foreign_optimizer"]
 
 
-def _accumulate_without_sync(rank: int, world_size: int) -> torch.Tensor:
-    strategy = _strategy(stage=1)
-    strategy.setup_environment()
-    model = _make_model()
-    engine, (optimizer,) = strategy.setup_module_and_optimizers(
-        model, [torch.optim.SGD(model.parameters(), LR)]
-    )
+ACCUMULATION_CASES = [
+    # (stage, use no_backward_sync for the first micro-batch, the error it must raise or None)
+    (0, True, None),
+    (1, True, None),
+    (3, True, None),  # a no-op: stage 3 reduces in every backward and adds the results up
+    (3, False, None),
+    # Stages 1/2 keep only the last synchronized backward's gradients: refused, never wrong.
+    (1, False, "a second backward before optimizer.step"),
+    (2, False, "a second backward before optimizer.step"),
+    (2, True, "cannot skip the synchronization"),
+]
+
+
+def _accumulate(rank: int, world_size: int) -> dict[tuple[int, bool], Any]:
     x, y = _data()
     x, y = x[rank * 4 : (rank + 1) * 4], y[rank * 4 : (rank + 1) * 4]
-    # Two micro-batches of 2 per rank: the first without synchronizing, each loss halved.
-    with strategy.no_backward_sync(engine):
-        strategy.backward(nn.functional.mse_loss(engine(x[:2]), y[:2]) / 2, engine)
-    strategy.backward(nn.functional.mse_loss(engine(x[2:]), y[2:]) / 2, engine)
-    strategy.optimizer_step(optimizer)
-    return _full_params(strategy, engine)
+    results: dict[tuple[int, bool], Any] = {}
+    for stage, use_no_sync, _ in ACCUMULATION_CASES:
+        strategy = _strategy(stage=stage)
+        strategy.setup_environment()
+        model = _make_model()
+        engine, (optimizer,) = strategy.setup_module_and_optimizers(
+            model, [torch.optim.SGD(model.parameters(), LR)]
+        )
+        # Two micro-batches of 2 per rank, each loss halved: the first without synchronizing.
+        try:
+            with strategy.no_backward_sync(engine) if use_no_sync else contextlib.nullcontext():
+                strategy.backward(nn.functional.mse_loss(engine(x[:2]), y[:2]) / 2, engine)
+            strategy.backward(nn.functional.mse_loss(engine(x[2:]), y[2:]) / 2, engine)
+            strategy.optimizer_step(optimizer)
+            results[(stage, use_no_sync)] = _full_params(strategy, engine)
+        except StrategyError as err:
+            results[(stage, use_no_sync)] = str(err)
+        strategy.teardown()
+    return results
 
 
-def test_deepspeed_stage1_no_backward_sync_accumulates_like_one_big_batch() -> None:
-    for params in run_processes(_accumulate_without_sync, 2, init=False, timeout=120):
-        torch.testing.assert_close(params, _reference(1), rtol=0, atol=1e-5)
+@pytest.fixture(scope="module")
+def accumulated() -> list[dict[tuple[int, bool], Any]]:
+    return run_processes(_accumulate, 2, init=False, timeout=180)
+
+
+@pytest.mark.parametrize(("stage", "use_no_sync", "error"), ACCUMULATION_CASES)
+def test_deepspeed_gradient_accumulation_is_right_or_refused(
+    accumulated: list[dict[tuple[int, bool], Any]], stage: int, use_no_sync: bool, error: str | None
+) -> None:
+    for results in accumulated:
+        result = results[(stage, use_no_sync)]
+        if error is None:
+            torch.testing.assert_close(result, _reference(1), rtol=0, atol=1e-5)
+        else:
+            assert isinstance(result, str) and error in result

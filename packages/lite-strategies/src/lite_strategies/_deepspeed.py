@@ -10,6 +10,7 @@ on the process group lite_collectives created, and routes backward and step to t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -246,10 +247,11 @@ class DeepSpeedStrategy(ParallelStrategy):
         self._precision = DeepSpeedPrecision(self.precision.name, self.precision.device_type, dtype)
         self._engines: list[Any] = []  # deepspeed.DeepSpeedEngine (deepspeed is imported lazily)
         self._engine_of_optimizer: dict[int, Any] = {}
+        self._synced_backward: set[int] = set()  # engines with a synchronized backward since their step
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_engines"], state["_engine_of_optimizer"] = [], {}
+        state["_engines"], state["_engine_of_optimizer"], state["_synced_backward"] = [], {}, set()
         return state
 
     @property
@@ -340,8 +342,28 @@ class DeepSpeedStrategy(ParallelStrategy):
         return module
 
     def backward(self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kwargs: Any) -> None:
-        """``engine.backward(tensor)``: DeepSpeed scales the loss (fp16) and reduces the gradients."""
-        self._engine(module).backward(tensor, *args, **kwargs)
+        """``engine.backward(tensor)``: DeepSpeed scales the loss (fp16) and reduces the gradients.
+
+        Under ZeRO stages 1 and 2 a second synchronized backward before the step would replace
+        the first one's reduced gradients instead of adding to them (DeepSpeed counts one
+        backward per ``engine.step()`` call), so it raises instead of training on wrong gradients.
+        """
+        engine = self._engine(module)
+        if (
+            self.zero_stage in (1, 2)
+            and engine.optimizer is not None
+            and not getattr(engine, "inside_no_sync_ctxt", False)
+        ):
+            if id(engine) in self._synced_backward:
+                raise StrategyError(
+                    f"a second backward before optimizer.step() under DeepSpeed ZeRO stage {self.zero_stage} would "
+                    "keep only the last backward's gradients; to accumulate, call optimizer.step() after every "
+                    "backward and set 'gradient_accumulation_steps' in the DeepSpeed config (the engine then "
+                    "steps every N calls), or run the earlier backwards inside no_backward_sync (stage 1), or "
+                    "use stage 3"
+                )
+            self._synced_backward.add(id(engine))
+        engine.backward(tensor, *args, **kwargs)
 
     def optimizer_step(self, optimizer: Any, **kwargs: Any) -> Any:
         """``engine.step()`` of the engine this optimizer belongs to; a ``closure`` is called first."""
@@ -356,20 +378,51 @@ class DeepSpeedStrategy(ParallelStrategy):
             raise StrategyError(f"DeepSpeed's step takes no arguments, got {sorted(kwargs)}")
         result = closure() if closure is not None else None
         engine.step()
+        self._synced_backward.discard(id(engine))
         return result
 
     def no_backward_sync(self, module: nn.Module) -> AbstractContextManager[Any]:
-        """``engine.no_sync()`` for ZeRO stages 0 and 1; stages 2 and 3 raise (they reduce in every backward)."""
+        """Accumulate gradients without synchronizing, as far as each ZeRO stage allows.
+
+        Stages 0 and 1: ``engine.no_sync()`` (gradients stay local; the next backward outside
+        reduces their sum). Stage 3 reduces in every backward but adds the results up
+        correctly, so this is a no-op there. Stage 2 raises: it keeps only the last
+        synchronized backward's gradients and DeepSpeed cannot skip its reduction.
+        """
         engine = self._engine(module)
-        if self.zero_stage >= 2 or not hasattr(engine, "no_sync"):
+        if self.zero_stage == 3:
+            return contextlib.nullcontext()
+        if self.zero_stage == 2:
             raise StrategyError(
-                f"DeepSpeed ZeRO stage {self.zero_stage} partitions gradients as they are reduced in every "
-                "backward, so it cannot skip the synchronization; to accumulate gradients set "
-                "'gradient_accumulation_steps' in the DeepSpeed config (the engine then steps every N calls), "
-                "or use stage 0/1"
+                "DeepSpeed ZeRO stage 2 partitions gradients as they are reduced in every backward, so it cannot "
+                "skip the synchronization; to accumulate gradients call optimizer.step() after every backward "
+                "and set 'gradient_accumulation_steps' in the DeepSpeed config (the engine then steps every N "
+                "calls), or use stage 1 or 3"
             )
         context: AbstractContextManager[Any] = engine.no_sync()
         return context
+
+    def clip_gradients_norm(
+        self,
+        module: nn.Module,
+        optimizer: Any,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor:
+        """Refused: DeepSpeed's gradients live in its partitions and it clips inside its step."""
+        raise StrategyError(
+            "DeepSpeed clips the gradients inside its step (they live in its ZeRO partitions, where "
+            "clipping the parameters' .grad would change nothing); pass config={'gradient_clipping': "
+            f"{max_norm}, ...}} to the DeepSpeed strategy instead"
+        )
+
+    def clip_gradients_value(self, module: nn.Module, optimizer: Any, clip_val: float) -> None:
+        """Refused: DeepSpeed clips by norm only, inside its step (``gradient_clipping`` in the config)."""
+        raise StrategyError(
+            "DeepSpeed cannot clip gradients by value: it clips by norm inside its step; pass "
+            "config={'gradient_clipping': <max norm>, ...} to the DeepSpeed strategy instead"
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
@@ -544,6 +597,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         """Drop the engines this strategy holds, then leave the process group as ParallelStrategy does."""
         self._engines.clear()
         self._engine_of_optimizer.clear()
+        self._synced_backward.clear()
         super().teardown()
 
 
