@@ -93,21 +93,28 @@ class DeepSpeedStrategy(ParallelStrategy):
             section from the precision flag. The stage and offload arguments are then ignored.
         offload_optimizer: keep the optimizer states (and its step) on ``offload_optimizer_device``.
         offload_parameters: with stage 3, keep the parameters on ``offload_params_device``.
-        offload_optimizer_device, offload_params_device: ``"cpu"`` or ``"nvme"`` (needs ``nvme_path``).
+        offload_optimizer_device: ``"cpu"`` or ``"nvme"`` (needs ``nvme_path``).
+        offload_params_device: ``"cpu"`` or ``"nvme"`` (needs ``nvme_path``).
         nvme_path: directory on an NVMe drive for ``"nvme"`` offloading.
         pin_memory: pin the offloaded CPU memory (CUDA only).
         zero_allow_untested_optimizer: allow torch optimizers DeepSpeed has not tested with ZeRO
             (e.g. SGD); True by default, as in Lightning.
         logging_batch_size_per_gpu: ``train_micro_batch_size_per_gpu`` of the built config; DeepSpeed
             only uses it for its throughput logs (your DataLoader decides the real batch size).
-        contiguous_gradients, overlap_comm, allgather_bucket_size, reduce_bucket_size,
-            sub_group_size: ZeRO tuning knobs passed into ``zero_optimization`` when given
-            (None: DeepSpeed's default).
-        loss_scale, initial_scale_power, loss_scale_window, hysteresis, min_loss_scale: the
-            fp16 dynamic loss scaler (``loss_scale=0``: dynamic).
+        contiguous_gradients: ZeRO tuning knob (``zero_optimization``); None: DeepSpeed's default.
+        overlap_comm: ZeRO tuning knob, as above.
+        allgather_bucket_size: ZeRO tuning knob, as above.
+        reduce_bucket_size: ZeRO tuning knob, as above.
+        sub_group_size: ZeRO tuning knob, as above.
+        loss_scale: fp16 loss scale; 0 (the default): dynamic scaling.
+        initial_scale_power: fp16 dynamic scaler: the first scale is 2**initial_scale_power.
+        loss_scale_window: fp16 dynamic scaler: steps without overflow before the scale grows.
+        hysteresis: fp16 dynamic scaler: overflows tolerated before the scale shrinks.
+        min_loss_scale: fp16 dynamic scaler: the lowest scale.
         logging_level: level of DeepSpeed's logger in each process.
-        process_group_backend, timeout: see :class:`ParallelStrategy`; DeepSpeed uses the
-            process group this strategy creates.
+
+    ``process_group_backend`` and ``timeout`` (keyword arguments) are those of
+    :class:`ParallelStrategy`; DeepSpeed uses the process group this strategy creates.
 
     Raises:
         StrategyError: at construction, for a bad stage, offload setting or config, and for a
