@@ -167,3 +167,44 @@ def test_ddp_sharded_spawn_trains_like_plain_pytorch_and_resumes(tmp_path: Path)
     assert checkpoint["step"] == SAVE_AFTER
     assert list(checkpoint["model"]) == list(make_model().state_dict())
     assert sorted(checkpoint["optimizer"]["state"]) == list(range(len(list(make_model().parameters()))))
+
+
+class ClipLite(LightningLite):
+    """Two steps with ``clip_gradients``: by norm (the norm over every rank's share), then by value."""
+
+    def run(self) -> dict[str, Any]:
+        model = make_model()
+        model, optimizer = self.setup(model, make_optimizer(model))
+        x, y = make_data()
+        loader = self.setup_dataloaders(
+            DataLoader(TensorDataset(x, y), batch_size=GLOBAL_BATCH // self.world_size)
+        )
+        norms = []
+        for step, (xb, yb) in zip(range(2), loader):
+            optimizer.zero_grad()
+            self.backward(F.mse_loss(model(xb), yb))
+            if step == 0:
+                norms.append(self.clip_gradients(model, optimizer, max_norm=0.05).item())
+            else:
+                self.clip_gradients(model, optimizer, clip_val=0.01)
+            optimizer.step()
+        return {"norms": norms, "params": flat(model)}
+
+
+def test_ddp_sharded_clip_gradients_uses_the_norm_over_all_shards() -> None:
+    results = ClipLite(strategy="ddp_sharded_spawn", accelerator="cpu", devices=2).run()
+    model = make_model()
+    optimizer = make_optimizer(model)
+    x, y = make_data()
+    norms = []
+    for step, (xb, yb) in zip(range(2), DataLoader(TensorDataset(x, y), batch_size=GLOBAL_BATCH)):
+        optimizer.zero_grad()
+        F.mse_loss(model(xb), yb).backward()
+        if step == 0:
+            norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05).item())
+        else:
+            torch.nn.utils.clip_grad_value_(model.parameters(), 0.01)
+        optimizer.step()
+    assert norms[0] > 0.05  # the clipping did something
+    assert results["norms"] == pytest.approx(norms, rel=1e-5)
+    torch.testing.assert_close(torch.tensor(results["params"]), torch.tensor(flat(model)), **TOL)

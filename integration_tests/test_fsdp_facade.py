@@ -53,7 +53,9 @@ def full_parameters(model: nn.Module) -> list[torch.Tensor]:
 class Trainer(LightningLite):
     """Adam on a small MLP; optionally saves after ``save_at`` steps or resumes from ``resume``."""
 
-    def run(self, save: str | None = None, save_at: int = 0, resume: str | None = None) -> dict[str, Any]:
+    def run(
+        self, save: str | None = None, save_at: int = 0, resume: str | None = None, clip: float | None = None
+    ) -> dict[str, Any]:
         model = make_model()
         optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
         model, optimizer = self.setup(model, optimizer)
@@ -61,7 +63,7 @@ class Trainer(LightningLite):
         state: dict[str, Any] = {"model": model, "optimizer": optimizer, "step": 0}
         if resume is not None:
             self.load(resume, state)
-        losses = []
+        losses, norms = [], []
         for step, (x, y) in enumerate(loader):
             if step < state["step"]:
                 continue  # batches seen before the checkpoint
@@ -70,9 +72,13 @@ class Trainer(LightningLite):
             loss = nn.functional.mse_loss(model(x), y)
             losses.append(self.all_gather(loss.detach()).mean().item())  # the global batch's loss
             self.backward(loss)
+            if clip is not None:
+                norm = self.clip_gradients(model, optimizer, max_norm=clip)
+                assert type(norm) is torch.Tensor, type(norm)  # not a DTensor
+                norms.append(float(norm))
             optimizer.step()
             optimizer.zero_grad()
-        return {"losses": losses, "params": full_parameters(model), "step": state["step"]}
+        return {"losses": losses, "params": full_parameters(model), "step": state["step"], "norms": norms}
 
 
 def _run(rank: int, world_size: int, strategy: str, precision: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -108,3 +114,14 @@ def test_fsdp_save_then_resume_gives_the_same_next_loss(tmp_path: Path) -> None:
         assert result["losses"] == pytest.approx(straight["losses"][save_at:], rel=1e-6, abs=1e-7)
         for actual, expected in zip(result["params"], straight["params"]):
             torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_fsdp_clip_gradients_clips_by_the_norm_over_all_shards() -> None:
+    ddp = run_processes(_run, 2, "ddp", "32-true", {"clip": 0.05}, init=False, timeout=TIMEOUT)[0]
+    results = run_processes(_run, 2, "fsdp", "32-true", {"clip": 0.05}, init=False, timeout=TIMEOUT)
+    assert min(ddp["norms"]) > 0.05  # every step was clipped
+    for result in results:
+        assert result["norms"] == pytest.approx(ddp["norms"], rel=1e-5)  # plain floats, the global norm
+        assert result["losses"] == pytest.approx(ddp["losses"], rel=1e-5, abs=1e-6)
+        for actual, expected in zip(result["params"], ddp["params"]):
+            torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)

@@ -449,6 +449,35 @@ def test_clip_gradients_by_norm_and_by_value(precision: str) -> None:
     assert out["largest"] <= 1e-3 + 1e-9
 
 
+def test_clip_gradients_goes_through_the_strategy() -> None:
+    """A strategy whose gradients live elsewhere (sharded, in an engine) decides how to clip them."""
+    import lite_strategies
+
+    calls: list[tuple[str, Any]] = []
+
+    class Recording(lite_strategies.SingleDeviceStrategy):
+        def clip_gradients_norm(
+            self, module: nn.Module, optimizer: Any, max_norm: float, *a: Any, **k: Any
+        ) -> Any:
+            calls.append(("norm", optimizer))
+            return super().clip_gradients_norm(module, optimizer, max_norm, *a, **k)
+
+        def clip_gradients_value(self, module: nn.Module, optimizer: Any, clip_val: float) -> None:
+            calls.append(("value", optimizer))
+            super().clip_gradients_value(module, optimizer, clip_val)
+
+    def body(self: Lite) -> Any:
+        model, raw_optimizer = model_and_optimizer()
+        model, optimizer = self.setup(model, raw_optimizer)
+        self.backward(model(torch.ones(2, 4)).sum())
+        self.clip_gradients(model, optimizer, max_norm=1.0)
+        self.clip_gradients(model, optimizer, clip_val=1.0)
+        return raw_optimizer
+
+    raw_optimizer = Lite(strategy=Recording()).run(body)
+    assert calls == [("norm", raw_optimizer), ("value", raw_optimizer)]  # the unwrapped optimizer
+
+
 def test_all_reduce_of_tensors_and_numbers() -> None:
     def body(self: Lite) -> Any:
         return self.all_reduce(torch.tensor(float(self.global_rank + 1)), reduce_op="sum"), self.all_reduce(

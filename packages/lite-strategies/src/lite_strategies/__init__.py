@@ -1,9 +1,10 @@
 """How a model and its optimizers are placed, wrapped and stepped, and how processes are launched.
 
-Strategies (single_device, dp, ddp, ddp_spawn, ddp_fork; deepspeed, ddp_sharded, fsdp and
-xla are registered for a later release) are rows of :data:`STRATEGIES`, built lazily;
+Strategies (single_device, dp, ddp, ddp_spawn, ddp_fork; deepspeed and its stage presets,
+ddp_sharded, ddp_sharded_spawn, fsdp, xla) are rows of :data:`STRATEGIES`, built lazily;
 launchers start the processes; checkpoint IO writes atomically and loads safely.
-Importing this package imports no optional backend (deepspeed, fairscale, torch_xla).
+Importing this package imports no optional backend (deepspeed, fairscale, torch_xla): each is
+imported when a strategy that needs it is constructed or sets a module up.
 """
 
 from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
@@ -15,15 +16,19 @@ from lite_strategies._fsdp import FSDPStrategy
 from lite_strategies._launcher import Launcher
 from lite_strategies._registry import STRATEGIES, StrategySpec, build_registry, get_strategy_spec
 from lite_strategies._script_launcher import ScriptLauncher
+from lite_strategies._sharded import DDPShardedSpawnStrategy, DDPShardedStrategy
 from lite_strategies._single_device import SingleDeviceStrategy
 from lite_strategies._spawn_launcher import SpawnLauncher
 from lite_strategies._strategy import ParallelStrategy, Strategy, unwrap_module
+from lite_strategies._xla import XLAStrategy
 
 __all__ = [
     "STRATEGIES",
     "CheckpointError",
     "CheckpointIO",
     "DDPForkStrategy",
+    "DDPShardedSpawnStrategy",
+    "DDPShardedStrategy",
     "DDPSpawnStrategy",
     "DDPStrategy",
     "DataParallelStrategy",
@@ -39,6 +44,7 @@ __all__ = [
     "StrategyError",
     "StrategySpec",
     "TorchCheckpointIO",
+    "XLAStrategy",
     "build_registry",
     "consolidate_deepspeed_checkpoint",
     "get_strategy_spec",

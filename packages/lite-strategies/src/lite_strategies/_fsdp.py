@@ -265,6 +265,19 @@ class FSDPStrategy(ParallelStrategy):
             rebuilt.append(new)
         return module, rebuilt
 
+    def clip_gradients_norm(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor:
+        """Clip by the norm over every shard (DTensor gradients reduce it); returns it as a plain tensor."""
+        norm = super().clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
+        full_tensor = getattr(norm, "full_tensor", None)  # a replicated DTensor: same value everywhere
+        return full_tensor() if full_tensor is not None else norm
+
     def no_backward_sync(self, module: nn.Module) -> AbstractContextManager[Any]:
         """Backward inside accumulates unsharded gradients locally, with no reduce-scatter.
 

@@ -242,6 +242,30 @@ class DDPShardedStrategy(ParallelStrategy):
         context: AbstractContextManager[Any] = module.no_sync()
         return context
 
+    def clip_gradients_norm(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor:
+        """Clip by the norm over every rank's share (a collective: each rank holds only the gradients it owns).
+
+        A norm taken over the local ``.grad`` would miss the other ranks' shares, so an OSS
+        optimizer clips through fairscale's ``OSS.clip_grad_norm``, which reduces the norm.
+        """
+        if not isinstance(optimizer, _backend().OSS):
+            return super().clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
+        self.precision.unscale_gradients(optimizer)
+        norm: torch.Tensor = optimizer.clip_grad_norm(max_norm, norm_type=norm_type)
+        if error_if_nonfinite and not self.precision.uses_scaler and not torch.isfinite(norm):
+            raise RuntimeError(
+                f"The total norm of order {norm_type} of the gradients is non-finite, so it cannot be "
+                "clipped; pass error_if_nonfinite=False to clip anyway"
+            )
+        return norm
+
     def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
         """The module's full state dict with its original keys (every rank holds all parameters)."""
         return _unwrap(module).state_dict()

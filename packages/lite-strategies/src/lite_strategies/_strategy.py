@@ -297,6 +297,35 @@ class Strategy:
         """A context in which backward does not synchronize gradients (a no-op here)."""
         return contextlib.nullcontext()
 
+    def clip_gradients_norm(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor:
+        """Rescale ``module``'s gradients so that their total norm is at most ``max_norm``.
+
+        Scaled gradients (16-mixed) are unscaled first; there a non-finite norm is not an error,
+        since the loss scaler skips that step. Returns the total norm before clipping.
+        """
+        self.precision.unscale_gradients(optimizer)
+        parameters = [p for p in module.parameters() if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(
+            parameters,
+            max_norm,
+            norm_type=norm_type,
+            error_if_nonfinite=error_if_nonfinite and not self.precision.uses_scaler,
+        )
+
+    def clip_gradients_value(
+        self, module: nn.Module, optimizer: torch.optim.Optimizer, clip_val: float
+    ) -> None:
+        """Clamp every gradient of ``module`` to ``[-clip_val, clip_val]`` (unscaled first under 16-mixed)."""
+        self.precision.unscale_gradients(optimizer)
+        torch.nn.utils.clip_grad_value_([p for p in module.parameters() if p.grad is not None], clip_val)
+
     # ------------------------------------------------------------------ collectives
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
         """Gather ``data`` from every process (see lite_collectives.all_gather)."""

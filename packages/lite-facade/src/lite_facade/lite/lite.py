@@ -142,7 +142,11 @@ class LightningLite(ABC):
 
     @_precision_plugin.setter
     def _precision_plugin(self, plugin: Any) -> None:
+        # Replace it where backward and steps go through (optimizers set up before keep the
+        # step path chosen then), and re-decide the backward fast path.
         self._precision = plugin
+        self._strategy._precision = plugin
+        self._plain_backward = self._strategy.plain_backward_and_step
 
     @property
     def device(self) -> torch.device:
@@ -267,9 +271,12 @@ class LightningLite(ABC):
     def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> Generator[None, None, None]:
         """Skip the gradient synchronization of ``backward`` inside the block (gradient accumulation).
 
-        With DDP-like strategies the gradients of the backward passes inside the block stay local
-        and are summed into the next synchronized backward; elsewhere (one process, DeepSpeed)
-        this does nothing. ``enabled=False`` makes it a no-op, for ``enabled=not is_last_micro_batch``.
+        With DDP-like strategies (ddp, ddp_spawn, ddp_fork, ddp_sharded, fsdp) the gradients of the
+        backward passes inside the block stay local and are summed into the next synchronized
+        backward. In one process it does nothing. DeepSpeed: stages 0 and 1 skip the synchronization,
+        stage 3 synchronizes anyway (correct, just not skipped), and stage 2 raises (DeepSpeed would
+        keep only the last micro-batch; accumulate with ``gradient_accumulation_steps`` there).
+        ``enabled=False`` makes it a no-op, for ``enabled=not is_last_micro_batch``.
         """
         if not isinstance(module, _LiteModule):
             raise TypeError(
@@ -297,23 +304,20 @@ class LightningLite(ABC):
         to rescale them so that their total ``norm_type`` norm is at most ``max_norm`` (the norm
         before clipping is returned). Gradients scaled for 16-mixed are unscaled first, and there a
         non-finite norm is not an error: the loss scaler skips that step and lowers the scale.
+        The strategy decides how: with ``ddp_sharded`` the norm is reduced over every rank's
+        share, and DeepSpeed refuses (it clips inside its step: ``gradient_clipping`` in its config).
         """
         if (clip_val is None) == (max_norm is None):
             raise ValueError(
                 "clip_gradients() needs exactly one of clip_val= (by value) or max_norm= (by norm)"
             )
         inner = optimizer.optimizer if isinstance(optimizer, _LiteOptimizer) else optimizer
-        self._precision.unscale_gradients(inner)
-        parameters = [p for p in module.parameters() if p.grad is not None]
         if clip_val is not None:
-            torch.nn.utils.clip_grad_value_(parameters, clip_val)
+            self._strategy.clip_gradients_value(module, inner, clip_val)
             return None
         assert max_norm is not None
-        return torch.nn.utils.clip_grad_norm_(
-            parameters,
-            max_norm,
-            norm_type=norm_type,
-            error_if_nonfinite=error_if_nonfinite and not self._precision.uses_scaler,
+        return self._strategy.clip_gradients_norm(
+            module, inner, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
         )
 
     def to_device(self, obj: Any) -> Any:
