@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from lite_facade import LightningLite  # noqa: E402
 from lite_facade.plugins import DeepSpeedPlugin  # noqa: E402
-from lite_strategies import consolidate_deepspeed_checkpoint  # noqa: E402
+from lite_strategies import StrategyError, consolidate_deepspeed_checkpoint  # noqa: E402
 from lite_testing import run_processes  # noqa: E402
 
 # torch imports torch._dynamo when the first optimizer is built: pay it once here, before forking.
@@ -63,7 +63,9 @@ class _nothing:
 class Trainer(LightningLite):
     """Adam on a small MLP; optionally saves after ``save_at`` steps or resumes from ``resume``."""
 
-    def run(self, save: str | None = None, save_at: int = 0, resume: str | None = None) -> dict[str, Any]:
+    def run(
+        self, save: str | None = None, save_at: int = 0, resume: str | None = None, clip: bool = False
+    ) -> dict[str, Any]:
         model = make_model()
         optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
         model, optimizer = self.setup(model, optimizer)
@@ -80,6 +82,9 @@ class Trainer(LightningLite):
             loss = nn.functional.mse_loss(model(x), y)
             losses.append(self.all_gather(loss.detach()).mean().item())  # the global batch's loss
             self.backward(loss)
+            if clip:  # DeepSpeed clips inside its step, from its config: said at the call
+                with pytest.raises(StrategyError, match="gradient_clipping"):
+                    self.clip_gradients(model, optimizer, max_norm=1.0)
             optimizer.step()
             optimizer.zero_grad()
         return {
@@ -154,3 +159,9 @@ def test_deepspeed_save_then_resume_gives_the_same_next_loss(tmp_path: Path, str
     assert full["step"] == save_at and "optimizer" not in full
     model = make_model()
     model.load_state_dict(full["model"])
+
+
+def test_deepspeed_clip_gradients_points_to_the_config(ddp: dict[str, Any]) -> None:
+    results = run_processes(_run, 2, "deepspeed", "32-true", {"clip": True}, init=False, timeout=TIMEOUT)
+    for result in results:  # the refused call changed nothing
+        assert result["losses"] == pytest.approx(ddp["losses"], rel=1e-5, abs=1e-5)
