@@ -126,7 +126,15 @@ def increment(code: str) -> float:
 def imports(repeats: int) -> dict[str, dict[str, float]]:
     times: dict[str, list[float]] = {name: [] for name in IMPORTS}
     inside: dict[str, list[float]] = {name: [] for name in IMPORTS}
-    wall("import torch")  # warm the file cache
+    # Warm the file cache, and compile each module's bytecode as `pip install` does: a machine
+    # with PYTHONDONTWRITEBYTECODE set (or a fresh editable install) would otherwise compile every
+    # module from source on every import and time that instead.
+    for code in IMPORTS.values():
+        subprocess.run(
+            [sys.executable, "-c", code],
+            check=True,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+        )
     for _ in range(repeats):
         for name, code in IMPORTS.items():
             times[name].append(wall(code))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import namedtuple
+from typing import Any
 
 import pytest
 import torch
@@ -241,3 +242,40 @@ def test_a_subclass_that_overrides_backward_is_not_plain() -> None:
     assert not Logging().plain_backward_and_step
     Logging().backward(torch.ones(1, requires_grad=True).sum())
     assert calls == ["backward"]
+
+
+@pytest.mark.parametrize("name", ["32-true", "64-true", "bf16-mixed", "bf16-true", "16-true"])
+def test_wrap_forward_is_convert_input_context_convert_output(name: str) -> None:
+    precision = get_precision(name, "cpu")
+    seen: list[Any] = []
+
+    def forward(x: torch.Tensor, *, scale: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
+        seen.append(
+            (x.dtype, scale.dtype, steps, torch.get_default_dtype(), torch.is_autocast_enabled("cpu"))
+        )
+        return {"out": torch.nn.functional.linear(x, torch.ones(3, 3)) * scale, "index": torch.arange(2)}
+
+    wrapped = precision.wrap_forward(forward)
+    if name == "32-true":
+        assert wrapped is forward  # nothing added
+    x, scale = torch.randn(2, 3), torch.tensor(2.0)
+    out = wrapped(x, scale=scale, steps=3)
+    # the same as composing the three methods by hand
+    args, kwargs = precision.convert_input((x,)), precision.convert_input({"scale": scale, "steps": 3})
+    with precision.forward_context():
+        raw = forward(*args, **kwargs)
+    expected = precision.convert_output(raw)
+    assert seen[0] == seen[1]
+    assert out["out"].dtype == expected["out"].dtype and out["index"].dtype == torch.int64
+    torch.testing.assert_close(out["out"], expected["out"])
+
+
+def test_wrap_forward_follows_a_subclass_that_changes_a_piece() -> None:
+    class NoInputCast(type(get_precision("bf16-mixed", "cpu"))):  # type: ignore[misc]
+        def convert_input(self, data: Any) -> Any:
+            return data
+
+    precision = NoInputCast("cpu")
+    dtypes: list[torch.dtype] = []
+    precision.wrap_forward(lambda x: dtypes.append(x.dtype) or x)(torch.randn(2))
+    assert dtypes == [torch.float32]  # the subclass's convert_input ran, not the inlined cast

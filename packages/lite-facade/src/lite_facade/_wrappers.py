@@ -49,22 +49,9 @@ class _LiteModule(nn.Module):
         return self._forward_module
 
     def _choose_forward(self, precision: Precision) -> Callable[..., Any]:
-        run = self._forward_module
-        if not (precision.converts_inputs or precision.has_forward_context or precision.converts_outputs):
-            return run  # 32-true: nothing to add to the user's own forward
-        convert_input, convert_output = precision.convert_input, precision.convert_output
-        context = precision.forward_context
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            # 1. convert inputs, 2. run under the precision's context, 3. convert outputs
-            args = convert_input(args)
-            if kwargs:
-                kwargs = convert_input(kwargs)
-            with context():
-                output = run(*args, **kwargs)
-            return convert_output(output)
-
-        return forward
+        # 1. convert inputs, 2. run under the precision's context, 3. convert outputs; for 32-true
+        # that is the user's own forward, untouched.
+        return precision.wrap_forward(self._forward_module)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._forward_impl(*args, **kwargs)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 
-from lite_precision._base import Precision, cast_floating, default_dtype
+from lite_precision._base import Precision, _cast, cast_floating, default_dtype
 from lite_precision._errors import PrecisionError
 
 
@@ -136,6 +137,28 @@ class MixedPrecision(Precision):
 
     def forward_context(self) -> AbstractContextManager[Any]:
         return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def wrap_forward(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """The generic wrapper with the calls inlined (it runs on every step); the same casts and autocast."""
+        cls = type(self)
+        if not (
+            cls.convert_input is MixedPrecision.convert_input
+            and cls.convert_output is MixedPrecision.convert_output
+            and cls.forward_context is MixedPrecision.forward_context
+        ):
+            return super().wrap_forward(forward)  # a subclass changed a piece: compose its methods
+        autocast, get_default_dtype = torch.autocast, torch.get_default_dtype
+        device_type, dtype = self.device_type, self.dtype
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            args = _cast(args, dtype)
+            if kwargs:
+                kwargs = _cast(kwargs, dtype)
+            with autocast(device_type, dtype=dtype):
+                output = forward(*args, **kwargs)
+            return _cast(output, get_default_dtype())
+
+        return wrapped
 
     def backward(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         scaler = self.scaler

@@ -4,23 +4,42 @@ Strategies (single_device, dp, ddp, ddp_spawn, ddp_fork; deepspeed and its stage
 ddp_sharded, ddp_sharded_spawn, fsdp, xla) are rows of :data:`STRATEGIES`, built lazily;
 launchers start the processes; checkpoint IO writes atomically and loads safely.
 Importing this package imports no optional backend (deepspeed, fairscale, torch_xla): each is
-imported when a strategy that needs it is constructed or sets a module up.
+imported when a strategy that needs it is constructed or sets a module up. The modules of those
+strategies are themselves imported on first access (``lite_strategies.FSDPStrategy``), so that
+importing this package costs only what ddp needs.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
 from lite_strategies._ddp import DDPForkStrategy, DDPSpawnStrategy, DDPStrategy
-from lite_strategies._deepspeed import DeepSpeedStrategy, consolidate_deepspeed_checkpoint
 from lite_strategies._dp import DataParallelStrategy
 from lite_strategies._errors import CheckpointError, ProcessFailedError, StrategyError
-from lite_strategies._fsdp import FSDPStrategy
 from lite_strategies._launcher import Launcher
 from lite_strategies._registry import STRATEGIES, StrategySpec, build_registry, get_strategy_spec
 from lite_strategies._script_launcher import ScriptLauncher
-from lite_strategies._sharded import DDPShardedSpawnStrategy, DDPShardedStrategy
 from lite_strategies._single_device import SingleDeviceStrategy
 from lite_strategies._spawn_launcher import SpawnLauncher
 from lite_strategies._strategy import ParallelStrategy, Strategy, unwrap_module
-from lite_strategies._xla import XLAStrategy
+
+if TYPE_CHECKING:
+    from lite_strategies._deepspeed import DeepSpeedStrategy, consolidate_deepspeed_checkpoint
+    from lite_strategies._fsdp import FSDPStrategy
+    from lite_strategies._sharded import DDPShardedSpawnStrategy, DDPShardedStrategy
+    from lite_strategies._xla import XLAStrategy
+
+# public name -> the module that defines it, imported on first access (PEP 562)
+_LAZY = {
+    "DeepSpeedStrategy": "lite_strategies._deepspeed",
+    "consolidate_deepspeed_checkpoint": "lite_strategies._deepspeed",
+    "FSDPStrategy": "lite_strategies._fsdp",
+    "DDPShardedStrategy": "lite_strategies._sharded",
+    "DDPShardedSpawnStrategy": "lite_strategies._sharded",
+    "XLAStrategy": "lite_strategies._xla",
+}
 
 __all__ = [
     "STRATEGIES",
@@ -50,3 +69,16 @@ __all__ = [
     "get_strategy_spec",
     "unwrap_module",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later accesses are plain lookups
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
