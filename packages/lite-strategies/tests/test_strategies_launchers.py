@@ -99,6 +99,10 @@ def test_script_launcher_a_failing_rank_fails_the_run_fast_and_is_named(tmp_path
     assert elapsed < TIMEOUT  # bounded (the subprocess timeout would have raised)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("name", ["ddp", "ddp_fork"])
 def test_interrupt_stops_every_child(tmp_path: Path, name: str) -> None:
     script = write_script(tmp_path)
@@ -110,6 +114,9 @@ def test_interrupt_stops_every_child(tmp_path: Path, name: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell that starts the tests in the background makes them ignore SIGINT, and the
+        # launcher would inherit that: give it the default handler, as in a terminal.
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + TIMEOUT
