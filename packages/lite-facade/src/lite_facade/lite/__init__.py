@@ -1,5 +1,5 @@
-"""Seed-compatible ``pytorch_lightning.lite``: ``LightningLite`` (also as ``lite_facade.lite.lite``) and ``wrappers``."""
+"""Seed-compatible ``pytorch_lightning.lite``: re-exports ``LightningLite`` (also as ``lite_facade.lite.lite``) and ``wrappers``."""
 
-from lite_facade.lite.lite import LightningLite
+from lite_facade._lite import LightningLite
 
 __all__ = ["LightningLite"]

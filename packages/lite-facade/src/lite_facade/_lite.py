@@ -1,0 +1,432 @@
+"""``LightningLite``: scale a plain PyTorch loop to any device, strategy and precision.
+
+Drop-in for ``pytorch_lightning.lite.LightningLite``: subclass it, put the loop in ``run``,
+call ``setup`` / ``setup_dataloaders`` / ``backward``, and instantiate it with the flags.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from lite_data import DeviceDataLoader, distributed_dataloader, has_iterable_dataset
+from lite_devices import move_to_device
+from lite_facade._build import build_strategy
+from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
+from lite_facade._wrappers import _LiteModule, _LiteOptimizer
+from lite_precision import PrecisionError
+from lite_strategies import StrategyError
+
+__all__ = ["LightningLite"]
+
+
+class LightningLite(ABC):
+    """Put your training loop in ``run``; ``LightningLite`` takes care of devices, processes and precision.
+
+    Args:
+        accelerator: ``"cpu"``, ``"gpu"``/``"cuda"``, ``"tpu"``/``"xla"``, ``"mps"`` or ``"auto"``.
+            ``None`` means the CPU, unless ``gpus`` or ``tpu_cores`` say otherwise.
+        strategy: a strategy name (``"dp"``, ``"ddp"``, ``"ddp_spawn"``, ``"ddp_fork"``, ``"deepspeed"``,
+            ``"ddp_sharded"``, ``"fsdp"``, ...) or a strategy object such as ``DeepSpeedPlugin(stage=2)``.
+        devices: how many devices (an int; on the CPU, how many processes), which ones (a list or
+            ``"1, 4"``), all of them (``-1``) or ``"auto"``.
+        num_nodes: how many machines take part.
+        precision: ``64``, ``32``, ``16``, ``"bf16"`` or a current name such as ``"bf16-mixed"``.
+        plugins: a cluster environment, a precision plugin or a checkpoint IO (one of each at most).
+        gpus: shorthand for ``devices=gpus, accelerator="gpu"``.
+        tpu_cores: shorthand for ``devices=tpu_cores, accelerator="tpu"``.
+
+    Raises:
+        LiteConfigurationError: at construction, for every flag that cannot work here, all at once.
+    """
+
+    def __init__(
+        self,
+        accelerator: str | None = None,
+        strategy: Any = None,
+        devices: int | str | Sequence[int] | None = None,
+        num_nodes: int = 1,
+        precision: int | str = 32,
+        plugins: Any = None,
+        gpus: int | str | Sequence[int] | None = None,
+        tpu_cores: int | str | Sequence[int] | None = None,
+    ) -> None:
+        self._plan: Plan = resolve_plan(
+            accelerator=accelerator,
+            strategy=strategy,
+            devices=devices,
+            num_nodes=num_nodes,
+            precision=precision,
+            plugins=plugins,
+            gpus=gpus,
+            tpu_cores=tpu_cores,
+            inventory=Inventory.detect(),
+        )
+        for message in self._plan.warnings:
+            warnings.warn(message, UserWarning, stacklevel=2)
+        try:
+            self._strategy = build_strategy(self._plan)
+        except (StrategyError, PrecisionError) as err:  # what only building the strategy can tell
+            plan = self._plan
+            raise LiteConfigurationError(
+                f"LightningLite(accelerator={plan.accelerator!r}, strategy={plan.strategy!r}, "
+                f"devices={plan.num_devices}, precision={plan.precision!r}) cannot run here:\n  - {err}"
+            ) from err
+        self._precision = self._strategy.precision
+        self._plain_backward = self._strategy.plain_backward_and_step
+        self._launched = False
+        self._environment_ready = False
+        self._models: list[nn.Module] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and not getattr(run, "_lite_launches", False):
+            cls.run = _launching(run)  # type: ignore[method-assign]
+
+    @abstractmethod
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Your training (or inference) loop. Calling it launches the processes the strategy needs."""
+
+    # -- the run machinery ---------------------------------------------------------------------------
+
+    def _run_with_environment(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs in every process (after the launcher set the strategy's environment up)."""
+        self._environment_ready = True
+        self._launched = True
+        try:
+            # With `_launched` set, the launching wrapper of `run` calls the user's body directly.
+            return self.run(*args, **kwargs)
+        finally:
+            self._launched = False
+
+    def _launch(self, *args: Any, **kwargs: Any) -> Any:
+        launcher = self._strategy.launcher
+        if launcher is None:
+            self._ensure_environment()
+            return self._run_with_environment(*args, **kwargs)
+        return launcher.launch(self._run_with_environment, *args, **kwargs)
+
+    def _ensure_environment(self) -> None:
+        if self._environment_ready:
+            return
+        if self._strategy.launcher is not None and not self._launched:
+            raise RuntimeError(
+                f"The strategy {self._plan.strategy!r} runs your code in several processes, so it can only be "
+                "used inside `run()`. Move this call into your `run` method and call `run()`."
+            )
+        self._strategy.setup_environment()
+        self._environment_ready = True
+
+    # -- properties ------------------------------------------------------------------------------------
+
+    @property
+    def _models_setup(self) -> int:
+        """How many models ``setup`` has set up (the seed's private counter)."""
+        return len(self._models)
+
+    @property
+    def _precision_plugin(self) -> Any:
+        """The precision plugin (the seed's private name for it, kept for code that reads it)."""
+        return self._precision
+
+    @_precision_plugin.setter
+    def _precision_plugin(self, plugin: Any) -> None:
+        # Replace it where backward and steps go through (optimizers set up before keep the
+        # step path chosen then), and re-decide the backward fast path.
+        self._precision = plugin
+        self._strategy._precision = plugin
+        self._plain_backward = self._strategy.plain_backward_and_step
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process runs on: where ``setup`` puts models and data."""
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        """The index of this process among all processes, across devices and nodes."""
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        """The index of this process among the processes on this node."""
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        """The index of this node."""
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        """How many processes run, across all devices and nodes."""
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this is the process with global rank 0."""
+        return self._strategy.is_global_zero
+
+    # -- setup ---------------------------------------------------------------------------------------
+
+    def setup(self, model: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
+        """Set a model and its optimizers up for the strategy, the device and the precision.
+
+        Returns the wrapped model alone when no optimizer is given, else ``(model, *optimizers)``.
+        The wrappers behave like the originals, which stay reachable as ``.module`` / ``.optimizer``.
+        """
+        self._check_setup_arguments(model, optimizers)
+        self._ensure_environment()
+        module, opts = self._strategy.setup_module_and_optimizers(
+            model, list(optimizers), move_to_device=move_to_device
+        )
+        wrapped = _LiteModule(module, self._precision, original_module=model)
+        self._models.append(wrapped)
+        if not optimizers:
+            return wrapped
+        return (wrapped, *(_LiteOptimizer(opt, self._strategy) for opt in opts))
+
+    def setup_dataloaders(
+        self, *dataloaders: DataLoader, replace_sampler: bool = True, move_to_device: bool = True
+    ) -> Any:
+        """Set dataloaders up: a distributed sampler where the strategy needs one, batches on the device.
+
+        Returns one loader for one argument, else a list in the same order.
+        """
+        if not dataloaders:
+            raise ValueError("setup_dataloaders() needs at least one DataLoader.")
+        self._ensure_environment()
+        wrapped = [self._setup_dataloader(dl, replace_sampler, move_to_device) for dl in dataloaders]
+        return wrapped[0] if len(wrapped) == 1 else wrapped
+
+    def _setup_dataloader(self, dataloader: DataLoader, replace_sampler: bool, move_to_device: bool) -> Any:
+        if isinstance(dataloader, DeviceDataLoader):
+            raise ValueError(
+                "A dataloader should be passed only once to the `setup_dataloaders()` method: this one is already "
+                "set up. Pass the original DataLoader (the wrapper's `.dataloader`) or use the set-up one as it is."
+            )
+        if not isinstance(dataloader, DataLoader):
+            raise TypeError(
+                f"Only PyTorch DataLoader are currently supported in `setup_dataloaders()`, got "
+                f"{type(dataloader).__name__}: wrap it in a torch.utils.data.DataLoader."
+            )
+        sampler_kwargs = self._strategy.distributed_sampler_kwargs
+        if replace_sampler and sampler_kwargs and not has_iterable_dataset(dataloader):
+            dataloader = distributed_dataloader(dataloader, **sampler_kwargs)
+        device = self.device if move_to_device else None
+        return DeviceDataLoader(dataloader, device)
+
+    def _check_setup_arguments(self, model: nn.Module, optimizers: Sequence[Optimizer]) -> None:
+        if isinstance(model, _LiteModule):
+            raise ValueError(
+                "A model should be passed only once to the `setup()` method: this one is already set up. Pass the "
+                "original model (the wrapper's `.module`) or use the set-up one as it is."
+            )
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"setup() takes a torch.nn.Module first, got {type(model).__name__}.")
+        for opt in optimizers:
+            if isinstance(opt, _LiteOptimizer):
+                raise ValueError(
+                    "An optimizer should be passed only once to the `setup()` method: this one is already set up. "
+                    "Pass the original optimizer (the wrapper's `.optimizer`)."
+                )
+            if not isinstance(opt, Optimizer):
+                raise TypeError(
+                    f"setup() takes torch.optim.Optimizer objects after the model, got {type(opt).__name__}."
+                )
+
+    # -- the step ------------------------------------------------------------------------------------
+
+    def backward(
+        self, tensor: torch.Tensor, *args: Any, model: nn.Module | None = None, **kwargs: Any
+    ) -> None:
+        """Use instead of ``loss.backward()``; extra arguments (``retain_graph``, ``inputs``, ...) pass on."""
+        if self._plain_backward:  # neither the strategy nor the precision adds anything
+            tensor.backward(*args, **kwargs)
+            return
+        if model is None and len(self._models) == 1:
+            model = self._models[0]
+        # The strategy needs what it wrapped (e.g. DeepSpeed's engine), not the user's module.
+        module = model.forward_module if isinstance(model, _LiteModule) else model
+        self._strategy.backward(tensor, module, *args, **kwargs)
+
+    @contextmanager
+    def autocast(self) -> Generator[None, None, None]:
+        """Run the block under the precision's autocast (the set-up model's forward already does)."""
+        with self._precision.forward_context():
+            yield
+
+    @contextmanager
+    def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> Generator[None, None, None]:
+        """Skip the gradient synchronization of ``backward`` inside the block (gradient accumulation).
+
+        With DDP-like strategies (ddp, ddp_spawn, ddp_fork, ddp_sharded, fsdp) the gradients of the
+        backward passes inside the block stay local and are summed into the next synchronized
+        backward. In one process it does nothing. DeepSpeed: stages 0 and 1 skip the synchronization,
+        stage 3 synchronizes anyway (correct, just not skipped), and stage 2 raises (DeepSpeed would
+        keep only the last micro-batch; accumulate with ``gradient_accumulation_steps`` there).
+        ``enabled=False`` makes it a no-op, for ``enabled=not is_last_micro_batch``.
+        """
+        if not isinstance(module, _LiteModule):
+            raise TypeError(
+                "no_backward_sync() takes the model that `setup()` returned, got "
+                f"{type(module).__name__}; call `model = self.setup(model)` first"
+            )
+        if not enabled:
+            yield
+            return
+        with self._strategy.no_backward_sync(module.forward_module):
+            yield
+
+    def clip_gradients(
+        self,
+        module: nn.Module,
+        optimizer: Optimizer,
+        clip_val: float | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor | None:
+        """Clip the gradients of ``module``'s parameters after ``backward``, before ``optimizer.step()``.
+
+        Pass ``clip_val`` to clamp every gradient value to ``[-clip_val, clip_val]``, or ``max_norm``
+        to rescale them so that their total ``norm_type`` norm is at most ``max_norm`` (the norm
+        before clipping is returned). Gradients scaled for 16-mixed are unscaled first, and there a
+        non-finite norm is not an error: the loss scaler skips that step and lowers the scale.
+        The strategy decides how: with ``ddp_sharded`` the norm is reduced over every rank's
+        share, and DeepSpeed refuses (it clips inside its step: ``gradient_clipping`` in its config).
+        """
+        if (clip_val is None) == (max_norm is None):
+            raise ValueError(
+                "clip_gradients() needs exactly one of clip_val= (by value) or max_norm= (by norm)"
+            )
+        inner = optimizer.optimizer if isinstance(optimizer, _LiteOptimizer) else optimizer
+        if clip_val is not None:
+            self._strategy.clip_gradients_value(module, inner, clip_val)
+            return None
+        assert max_norm is not None
+        return self._strategy.clip_gradients_norm(
+            module, inner, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+        )
+
+    def to_device(self, obj: Any) -> Any:
+        """Move a module, a tensor or any collection of tensors to this process's device."""
+        if isinstance(obj, nn.Module):
+            return obj.to(self.device)
+        return move_to_device(obj, self.device)
+
+    # -- collectives ---------------------------------------------------------------------------------
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Gather tensors (or collections of them, or Python numbers) from every process.
+
+        Each tensor gains a leading dimension of size ``world_size``; in a single process it is
+        returned as it is.
+        """
+        if isinstance(data, (int, float, bool)):
+            data = torch.tensor(data, device=self.device)
+        return self._strategy.all_gather(data, group=group, sync_grads=sync_grads)
+
+    def all_reduce(self, data: Any, group: Any = None, reduce_op: str = "mean") -> Any:
+        """Reduce tensors (or collections of them, or Python numbers) over every process.
+
+        ``reduce_op`` is ``"mean"``, ``"sum"``, ``"max"``, ``"min"`` or ``"product"``; the input is
+        not modified. In a single process the data come back unchanged.
+        """
+        if isinstance(data, (int, float, bool)):
+            data = torch.tensor(data, device=self.device)
+        return self._strategy.all_reduce(data, op=reduce_op, group=group)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Send ``obj`` (any picklable object or tensor) from process ``src`` to all the others."""
+        return self._strategy.broadcast(obj, src=src)
+
+    def barrier(self, name: str | None = None) -> None:
+        """Wait until every process has reached this call."""
+        self._strategy.barrier(name=name)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on the process with global rank 0 only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def save(self, content: Any, filepath: str | Path) -> None:
+        """Use instead of ``torch.save``: written once (global rank 0), atomically; call it on every process.
+
+        Set-up models and optimizers inside ``content`` are stored as their full state dicts
+        (with sharded strategies the strategy gathers or shards them as it needs).
+        """
+        self._strategy.save_checkpoint(filepath, _strategy_objects(content))
+
+    def load(
+        self, filepath: str | Path, state: dict[str, Any] | None = None, *, weights_only: bool = True
+    ) -> Any:
+        """Use instead of ``torch.load``: every process loads, tensors land on this process's device.
+
+        Without ``state``, returns what was saved. With ``state`` (e.g. ``{"model": model,
+        "optimizer": optimizer, "epoch": 0}``), loads the saved entries of the same keys into
+        the set-up models and optimizers in place, replaces the plain values in ``state``, and
+        returns the saved entries ``state`` did not name. Only tensors, containers and plain
+        values load by default; pass ``weights_only=False`` for a checkpoint you trust that holds
+        other Python objects.
+        """
+        if state is None:
+            return self._strategy.load_checkpoint(filepath, weights_only=weights_only)
+        if not isinstance(state, dict):
+            raise TypeError(
+                f"load(state=...) takes a dict like {{'model': model}}, got {type(state).__name__}."
+            )
+        targets = {key: _strategy_objects(value) for key, value in state.items()}
+        rest = self._strategy.load_checkpoint(filepath, targets, weights_only=weights_only)
+        for key, value in targets.items():
+            if not isinstance(value, (nn.Module, Optimizer)):
+                state[key] = value
+        return rest
+
+    # -- seeding -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool | None = None) -> int:
+        """Seed Python, NumPy and torch; dataloader workers too unless ``workers=False``."""
+        from lite_data import seed_everything
+
+        return seed_everything(seed, workers=True if workers is None else workers)
+
+
+def _launching(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Make a subclass's ``run`` launch the strategy's processes when called from outside."""
+
+    @functools.wraps(run)
+    def launch_then_run(self: LightningLite, *args: Any, **kwargs: Any) -> Any:
+        if self._launched:  # already inside the processes (e.g. super().run(...) from a subclass)
+            return run(self, *args, **kwargs)
+        return self._launch(*args, **kwargs)
+
+    launch_then_run._lite_launches = True  # type: ignore[attr-defined]
+    return launch_then_run
+
+
+def _strategy_objects(content: Any) -> Any:
+    """Replace set-up models and optimizers (at any depth of dicts, lists, tuples) by what the strategy built."""
+    if isinstance(content, _LiteModule):
+        return content.forward_module
+    if isinstance(content, _LiteOptimizer):
+        return content.optimizer
+    if isinstance(content, dict):
+        return {key: _strategy_objects(value) for key, value in content.items()}
+    if isinstance(content, (list, tuple)) and not hasattr(content, "_fields"):
+        return type(content)(_strategy_objects(value) for value in content)
+    return content
