@@ -203,13 +203,17 @@ def test_bf16_forward_runs_in_bf16_and_returns_float32() -> None:
     assert out.dtype == torch.float32
 
 
-def test_double_precision_converts_model_and_inputs() -> None:
+def test_double_precision_runs_float64_and_returns_the_default_dtype() -> None:
+    seen: list[torch.dtype] = []
+
     def body(self: Lite) -> torch.Tensor:
         model = self.setup(nn.Linear(3, 1))
         assert model.module.weight.dtype == torch.float64
+        model.module.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
         return model(torch.ones(2, 3))
 
-    assert lite(precision=64).run(body).dtype == torch.float64
+    assert lite(precision=64).run(body).dtype == torch.float32
+    assert seen == [torch.float64]
 
 
 def test_setup_dataloaders_one_or_many_and_batches_on_device() -> None:

@@ -43,19 +43,15 @@ class _TruePrecision(Precision):
 
 
 class DoublePrecision(_TruePrecision):
-    """``"64-true"``: everything in float64.
+    """``"64-true"``: parameters, buffers, inputs and the forward in float64.
 
-    Outputs stay float64 (``converts_outputs`` is False): the user asked for double
-    precision to get it end to end, and a loss computed outside the model should not be
-    rounded to float32 right before ``backward``.
+    The floating outputs of the forward come back in the default dtype (float32), as with
+    every other mode and as LightningLite does: code outside the model sees the same dtype
+    whatever the precision. Gradients still flow back through the cast in float64.
     """
 
     name = "64-true"
     dtype = torch.float64
-    converts_outputs = False
-
-    def convert_output(self, data: Any) -> Any:
-        return data
 
 
 class HalfPrecision(_TruePrecision):
