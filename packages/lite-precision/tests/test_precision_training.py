@@ -24,7 +24,9 @@ LR = 0.1
 # smallest: a low-precision mode that matched float64 to 1e-6 would not be doing its job.
 # Measured on CPU with torch 2.13 at about a fifth to a tenth of these limits.
 TOLERANCES = {
-    "64-true": (1e-12, None),
+    # float64 training whose outputs come back in float32 (as LightningLite does): the loss is
+    # computed from the output rounded to float32, so it differs at float32's resolution.
+    "64-true": (1e-6, None),
     "32-true": (1e-5, None),
     "16-mixed": (5e-3, 1e-6),
     "bf16-mixed": (2e-2, 1e-6),
