@@ -5,8 +5,9 @@ Depends on torch and lite_devices only; NumPy is seeded when installed, never re
 """
 
 from lite_data._distributed import distributed_dataloader, has_iterable_dataset
-from lite_data._errors import DataLoaderError, SeedError
+from lite_data._errors import DataLoaderError, SeedError, UnsizedSamplerError
 from lite_data._loader import DeviceDataLoader
+from lite_data._record import record_dataloader_arguments, recorded_arguments
 from lite_data._sampler import DistributedSamplerWrapper
 from lite_data._seed import reset_seed, seed_everything, worker_init_function
 
@@ -15,8 +16,11 @@ __all__ = [
     "DeviceDataLoader",
     "DistributedSamplerWrapper",
     "SeedError",
+    "UnsizedSamplerError",
     "distributed_dataloader",
     "has_iterable_dataset",
+    "record_dataloader_arguments",
+    "recorded_arguments",
     "reset_seed",
     "seed_everything",
     "worker_init_function",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import warnings
 from typing import Any
 
@@ -18,8 +19,9 @@ from torch.utils.data import (
 )
 
 from lite_data._errors import DataLoaderError
+from lite_data._record import recorded_arguments
 from lite_data._sampler import DistributedSamplerWrapper, check_replicas
-from lite_data._seed import seed_workers_requested, worker_init_function
+from lite_data._seed import SEED_ENV, seed_workers_requested, worker_init_function
 
 # DataLoader's own constructor parameters (``in_order`` and later ones included where this
 # torch has them). The sampling ones are decided here; the rest are read back from the instance.
@@ -72,13 +74,56 @@ def _sampling_kwargs(dataloader: DataLoader[Any], num_replicas: int, rank: int, 
     return {"sampler": new_sampler, "shuffle": False, "batch_sampler": None}
 
 
-def _constructor_call(
-    dataloader: DataLoader[Any], kwargs: dict[str, Any]
+def _sampler_seed() -> int:
+    """The seed ``seed_everything`` set (``PL_GLOBAL_SEED``), else 0: the same on every rank."""
+    raw = os.environ.get(SEED_ENV, "").strip()
+    try:
+        return int(raw)
+    except ValueError:
+        return 0
+
+
+def _recorded_call(
+    dataloader: DataLoader[Any], recorded: tuple[tuple[Any, ...], dict[str, Any]], overrides: dict[str, Any]
 ) -> tuple[list[Any], dict[str, Any]]:
-    """Map ``kwargs`` onto the constructor of ``type(dataloader)``; fill its own parameters from attributes."""
+    """The recorded constructor call of ``type(dataloader)`` with the sampling arguments replaced."""
+    cls = type(dataloader)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    bound = inspect.Signature(params).bind(*recorded[0], **recorded[1])
+    named = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    var_keyword = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
+    extra = dict(bound.arguments.get(var_keyword, {})) if var_keyword is not None else {}
+    for key, value in overrides.items():
+        if key in named:
+            bound.arguments[key] = value
+        elif var_keyword is not None:
+            extra[key] = value
+        elif key in ("sampler", "batch_sampler") and value is not None:
+            raise DataLoaderError(
+                f"Cannot re-create {cls.__name__} with a distributed sampler: its __init__ does not accept "
+                f"{key!r} (nor **kwargs), so the sampler cannot be injected. Add a `{key}` parameter that "
+                "is passed on to DataLoader.__init__, or keep your sampler "
+                "(setup_dataloaders(..., replace_sampler=False))."
+            )
+    if var_keyword is not None:
+        bound.arguments[var_keyword] = extra
+    return list(bound.args), dict(bound.kwargs)
+
+
+def _constructor_call(
+    dataloader: DataLoader[Any], kwargs: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Map ``kwargs`` onto the constructor of ``type(dataloader)``; fill its own parameters from attributes.
+
+    A loader created inside :func:`record_dataloader_arguments` is re-created from the
+    arguments it was called with, ``overrides`` (the sampling arguments) replaced.
+    """
     cls = type(dataloader)
     if cls is DataLoader:
         return [], kwargs
+    recorded = recorded_arguments(dataloader)
+    if recorded is not None:
+        return _recorded_call(dataloader, recorded, overrides)
     params = inspect.signature(cls.__init__).parameters
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     args: list[Any] = []
@@ -104,7 +149,8 @@ def _constructor_call(
         raise DataLoaderError(
             f"Cannot re-create {cls.__name__} with a distributed sampler: its __init__ requires "
             f"{', '.join(repr(m) for m in missing)}, which is not stored as a same-named attribute. "
-            f"Store each such argument on the instance (`self.{missing[0]} = {missing[0]}` in __init__), "
+            f"Create the loader inside `LightningLite.run()` (or a `record_dataloader_arguments()` block), "
+            f"store each such argument on the instance (`self.{missing[0]} = {missing[0]}` in __init__), "
             "or keep your sampler (setup_dataloaders(..., replace_sampler=False)) and shard the data yourself."
         )
     if takes_kwargs:
@@ -122,7 +168,7 @@ def _constructor_call(
 
 
 def distributed_dataloader(
-    dataloader: DataLoader[Any], *, num_replicas: int, rank: int, seed: int = 0
+    dataloader: DataLoader[Any], *, num_replicas: int, rank: int, seed: int | None = None
 ) -> DataLoader[Any]:
     """Return a copy of ``dataloader`` whose sampler gives rank ``rank`` a disjoint share of the data.
 
@@ -134,6 +180,10 @@ def distributed_dataloader(
     - a :class:`DistributedSamplerWrapper` around a custom sampler or custom batch sampler,
       which must yield the same sequence on every rank.
 
+    ``seed`` (the shuffle's seed, the same on every rank) defaults to the one
+    :func:`seed_everything` set (``PL_GLOBAL_SEED``), else 0. A DataLoader subclass created
+    inside :func:`record_dataloader_arguments` is re-created from its constructor's arguments.
+
     A loader that already has a DistributedSampler, and one over an IterableDataset (with a
     warning: shard it yourself), are returned unchanged. After ``seed_everything(...,
     workers=True)`` a loader with workers and no ``worker_init_fn`` gets
@@ -144,6 +194,7 @@ def distributed_dataloader(
         DataLoaderError: ``rank`` is not in ``[0, num_replicas)``, or a DataLoader subclass
             cannot be re-created (a required ``__init__`` argument is not stored as a
             same-named attribute, or it does not accept ``sampler``).
+        UnsizedSamplerError: a custom sampler without ``__len__`` (also a ``TypeError``).
     """
     check_replicas(num_replicas, rank, "distributed_dataloader")
     if not isinstance(dataloader, DataLoader):
@@ -167,10 +218,11 @@ def distributed_dataloader(
         for name in _LOADER_PARAMS
         if name not in _SAMPLING_PARAMS and hasattr(dataloader, name)
     }
-    kwargs.update(_sampling_kwargs(dataloader, num_replicas, rank, seed))
+    overrides = _sampling_kwargs(dataloader, num_replicas, rank, _sampler_seed() if seed is None else seed)
     if kwargs.get("worker_init_fn") is None and kwargs.get("num_workers", 0) > 0 and seed_workers_requested():
-        kwargs["worker_init_fn"] = functools.partial(worker_init_function, rank=rank)
-    args, call_kwargs = _constructor_call(dataloader, kwargs)
+        overrides["worker_init_fn"] = functools.partial(worker_init_function, rank=rank)
+    kwargs.update(overrides)
+    args, call_kwargs = _constructor_call(dataloader, kwargs, overrides)
     try:
         return type(dataloader)(*args, **call_kwargs)
     except (TypeError, ValueError) as exc:

@@ -9,3 +9,10 @@ class DataLoaderError(ValueError):
 
 class SeedError(ValueError):
     """A seed that is not an integer in ``[0, 2**32 - 1]``."""
+
+
+class UnsizedSamplerError(DataLoaderError, TypeError):
+    """A sampler without ``__len__`` where one is needed to split it across ranks.
+
+    Both a :class:`DataLoaderError` and a ``TypeError`` (what LightningLite raises there).
+    """

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, DistributedSampler
 
-from lite_data._errors import DataLoaderError
+from lite_data._errors import DataLoaderError, UnsizedSamplerError
 
 
 class _SamplerItems(Dataset[Any]):
@@ -64,9 +64,10 @@ class DistributedSamplerWrapper(DistributedSampler[Any]):
     ) -> None:
         check_replicas(num_replicas, rank, "DistributedSamplerWrapper")
         if not isinstance(sampler, Sized):
-            raise DataLoaderError(
+            raise UnsizedSamplerError(
                 f"DistributedSamplerWrapper: {type(sampler).__name__} has no __len__, so it cannot be "
-                "split across ranks; give the sampler a __len__."
+                "split across ranks; give the sampler a __len__, or keep it as it is with "
+                "setup_dataloaders(..., replace_sampler=False) and shard the data yourself."
             )
         super().__init__(
             _SamplerItems(sampler),

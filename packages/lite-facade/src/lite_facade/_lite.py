@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from lite_data import DeviceDataLoader, distributed_dataloader, has_iterable_dataset
+from lite_data import DeviceDataLoader, distributed_dataloader, has_iterable_dataset, record_dataloader_arguments
 from lite_devices import move_to_device
 from lite_facade._build import build_strategy
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
@@ -106,7 +106,10 @@ class LightningLite(ABC):
         self._launched = True
         try:
             # With `_launched` set, the launching wrapper of `run` calls the user's body directly.
-            return self.run(*args, **kwargs)
+            # DataLoader subclasses created in the body remember their arguments (re-created later
+            # with a distributed sampler); the classes are restored when the body ends.
+            with record_dataloader_arguments():
+                return self.run(*args, **kwargs)
         finally:
             self._launched = False
 
@@ -117,15 +120,22 @@ class LightningLite(ABC):
             return self._run_with_environment(*args, **kwargs)
         return launcher.launch(self._run_with_environment, *args, **kwargs)
 
-    def _ensure_environment(self) -> None:
+    def _ensure_environment(self, what: str = "this call") -> None:
+        """Set the strategy's environment up on first use: in ``run``, in one process, or under an external launcher."""
         if self._environment_ready:
             return
-        if self._strategy.launcher is not None and not self._launched:
+        strategy = self._strategy
+        if (
+            strategy.launcher is not None
+            and not self._launched
+            and not strategy.cluster_environment.creates_processes_externally
+        ):
             raise RuntimeError(
-                f"The strategy {self._plan.strategy!r} runs your code in several processes, so it can only be "
-                "used inside `run()`. Move this call into your `run` method and call `run()`."
+                f"{what}: the strategy {self._plan.strategy!r} runs your code in several processes, so this can "
+                "only be called inside `run()`. Move the call into your `run` method and call `run()`, or start "
+                "the processes yourself (torchrun, srun, mpirun) so that this process is one of them."
             )
-        self._strategy.setup_environment()
+        strategy.setup_environment()
         self._environment_ready = True
 
     # -- properties ------------------------------------------------------------------------------------
@@ -187,7 +197,7 @@ class LightningLite(ABC):
         The wrappers behave like the originals, which stay reachable as ``.module`` / ``.optimizer``.
         """
         self._check_setup_arguments(model, optimizers)
-        self._ensure_environment()
+        self._ensure_environment("setup()")
         module, opts = self._strategy.setup_module_and_optimizers(
             model, list(optimizers), move_to_device=move_to_device
         )
@@ -195,7 +205,10 @@ class LightningLite(ABC):
         self._models.append(wrapped)
         if not optimizers:
             return wrapped
-        return (wrapped, *(_LiteOptimizer(opt, self._strategy) for opt in opts))
+        return (
+            wrapped,
+            *(_LiteOptimizer(opt, self._strategy, original) for opt, original in zip(opts, optimizers)),
+        )
 
     def setup_dataloaders(
         self, *dataloaders: DataLoader, replace_sampler: bool = True, move_to_device: bool = True
@@ -205,8 +218,9 @@ class LightningLite(ABC):
         Returns one loader for one argument, else a list in the same order.
         """
         if not dataloaders:
-            raise ValueError("setup_dataloaders() needs at least one DataLoader.")
-        self._ensure_environment()
+            raise ValueError("`setup_dataloaders` requires at least one dataloader: pass one or more DataLoaders.")
+        # No process group is needed: the sampler's world size and rank come from the strategy
+        # (and its cluster environment), so this also works before `run()`.
         wrapped = [self._setup_dataloader(dl, replace_sampler, move_to_device) for dl in dataloaders]
         return wrapped[0] if len(wrapped) == 1 else wrapped
 
@@ -244,6 +258,24 @@ class LightningLite(ABC):
             if not isinstance(opt, Optimizer):
                 raise TypeError(
                     f"setup() takes torch.optim.Optimizer objects after the model, got {type(opt).__name__}."
+                )
+        # An optimizer over parameters that are not the model's would train something else: the
+        # model would silently not change. A subset (fine-tuning a head) is fine.
+        model_params = {id(p) for p in model.parameters()}
+        for index, opt in enumerate(optimizers):
+            foreign = [
+                f"param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)}, {p.dtype})"
+                for g, group in enumerate(opt.param_groups)
+                for i, p in enumerate(group["params"])
+                if id(p) not in model_params
+            ]
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise ValueError(
+                    f"setup(): optimizer {index} ({type(opt).__name__}) holds {len(foreign)} parameter(s) that are not "
+                    f"parameters of the model passed with it: {shown}. Create the optimizer from this model's "
+                    "parameters (e.g. `torch.optim.SGD(model.parameters(), ...)`), or set up each model "
+                    "with its own optimizers."
                 )
 
     # -- the step ------------------------------------------------------------------------------------
@@ -334,6 +366,7 @@ class LightningLite(ABC):
         Each tensor gains a leading dimension of size ``world_size``; in a single process it is
         returned as it is.
         """
+        self._ensure_environment("all_gather()")
         if isinstance(data, (int, float, bool)):
             data = torch.tensor(data, device=self.device)
         return self._strategy.all_gather(data, group=group, sync_grads=sync_grads)
@@ -344,16 +377,19 @@ class LightningLite(ABC):
         ``reduce_op`` is ``"mean"``, ``"sum"``, ``"max"``, ``"min"`` or ``"product"``; the input is
         not modified. In a single process the data come back unchanged.
         """
+        self._ensure_environment("all_reduce()")
         if isinstance(data, (int, float, bool)):
             data = torch.tensor(data, device=self.device)
         return self._strategy.all_reduce(data, op=reduce_op, group=group)
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         """Send ``obj`` (any picklable object or tensor) from process ``src`` to all the others."""
+        self._ensure_environment("broadcast()")
         return self._strategy.broadcast(obj, src=src)
 
     def barrier(self, name: str | None = None) -> None:
         """Wait until every process has reached this call."""
+        self._ensure_environment("barrier()")
         self._strategy.barrier(name=name)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
@@ -369,6 +405,7 @@ class LightningLite(ABC):
         Set-up models and optimizers inside ``content`` are stored as their full state dicts
         (with sharded strategies the strategy gathers or shards them as it needs).
         """
+        self._ensure_environment("save()")
         self._strategy.save_checkpoint(filepath, _strategy_objects(content))
 
     def load(

@@ -7,9 +7,11 @@ once, at construction, from the precision's fast-path flags.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import torch
 from torch import nn
 from torch.nn.modules import module as _module_globals
 from torch.optim import Optimizer
@@ -37,11 +39,42 @@ class _LiteModule(nn.Module):
         object.__setattr__(self, "_original_module", original_module)
         object.__setattr__(self, "_precision", precision)
         object.__setattr__(self, "_forward_impl", self._choose_forward(precision))
+        # Where a module without parameters or buffers is, as far as `.to()` & co. on this wrapper said.
+        object.__setattr__(self, "_empty_device", torch.device("cpu"))
+        object.__setattr__(self, "_empty_dtype", torch.get_default_dtype())
 
     @property
     def module(self) -> nn.Module:
         """The model that was passed to ``setup``."""
         return cast(nn.Module, self._original_module)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters (or buffers); it follows ``.to()``, ``.cuda()``, ``.cpu()``."""
+        for tensor in itertools.chain(self._original_module.parameters(), self._original_module.buffers()):
+            return tensor.device
+        return cast(torch.device, self._empty_device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's floating parameters (or buffers); it follows ``.half()``, ``.double()``, ``.to()``."""
+        for tensor in itertools.chain(self._original_module.parameters(), self._original_module.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return cast(torch.dtype, self._empty_dtype)
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # Every `.to()`, `.half()`, `.cuda()` ... ends here: see what it does to an empty tensor, so that a
+        # module without tensors reports the device and dtype it was moved to.
+        result = super()._apply(fn, *args, **kwargs)
+        try:
+            probe = fn(torch.empty(0, device=self._empty_device, dtype=self._empty_dtype))
+        except Exception:  # a function meant for real tensors only: nothing to learn from it
+            return result
+        if isinstance(probe, torch.Tensor):
+            object.__setattr__(self, "_empty_device", probe.device)
+            object.__setattr__(self, "_empty_dtype", probe.dtype)
+        return result
 
     @property
     def forward_module(self) -> nn.Module:
@@ -106,19 +139,31 @@ _ALL_BACKWARD = _global_hooks("_global_backward_hooks")
 class _LiteOptimizer(Optimizer):
     """A set-up optimizer: ``step`` goes through the strategy (and so the precision).
 
-    It subclasses ``torch.optim.Optimizer`` so learning-rate schedulers accept it, but holds no
-    state of its own: ``param_groups``, ``state`` and ``defaults`` are the original's.
+    ``_LiteOptimizer(optimizer, strategy)`` returns an instance of a subclass made once per
+    optimizer class, ``_Lite<Class>``, that derives from both ``_LiteOptimizer`` and the
+    original's class, so ``isinstance(opt, torch.optim.SGD)`` holds and learning-rate
+    schedulers accept it. It holds no optimizer state of its own: every attribute other than
+    ``step`` and ``optimizer`` (``param_groups``, ``state``, ``defaults``, ``zero_grad``,
+    ``state_dict``, ``add_param_group``, hooks, ...) is read from and written to the original.
+    The user's object is never changed; pickling stores the original and the strategy.
     """
 
-    def __init__(self, optimizer: Optimizer, strategy: Strategy) -> None:
+    def __new__(
+        cls, optimizer: Optimizer, strategy: Strategy, original: Optimizer | None = None
+    ) -> _LiteOptimizer:
+        if cls is _LiteOptimizer:
+            # The class of what the user passed to `setup` (a strategy may have replaced it).
+            cls = _lite_optimizer_class((optimizer if original is None else original).__class__)
+        return object.__new__(cls)
+
+    def __init__(self, optimizer: Optimizer, strategy: Strategy, original: Optimizer | None = None) -> None:
         # Deliberately no super().__init__: every piece of state lives in `optimizer`.
-        self._optimizer = optimizer
-        self._strategy = strategy
+        own = object.__setattr__
+        own(self, "_optimizer", optimizer)
+        own(self, "_strategy", strategy)
         # Chosen once: when neither the strategy nor the precision adds anything to the step
         # (no loss scaler, no engine), `step` is the optimizer's own.
-        self._step: Callable[..., Any] = (
-            optimizer.step if strategy.plain_backward_and_step else self._strategy_step
-        )
+        own(self, "_step", optimizer.step if _plain_step(strategy) else self._strategy_step)
 
     def _strategy_step(self, closure: Callable[[], Any] | None = None) -> Any:
         if closure is None:
@@ -130,58 +175,71 @@ class _LiteOptimizer(Optimizer):
         """The optimizer that was passed to ``setup``."""
         return self._optimizer
 
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self._optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self._optimizer.param_groups = value
-
-    @property
-    def state(self) -> Any:
-        return self._optimizer.state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        self._optimizer.state = value
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self._optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, value: dict[str, Any]) -> None:
-        self._optimizer.defaults = value
-
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Step through the strategy (which unscales and skips steps under 16-mixed)."""
         if closure is None:
             return self._step()
         return self._step(closure)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._optimizer.zero_grad(set_to_none=set_to_none)
+    def __getattribute__(self, name: str) -> Any:
+        if name in _OWN_NAMES or (name[:2] == "__" and name[-2:] == "__"):
+            return object.__getattribute__(self, name)
+        instance = object.__getattribute__(self, "__dict__")
+        if name in instance:  # set on the wrapper itself (an LR scheduler's patched `step`)
+            return instance[name]
+        return getattr(instance["_optimizer"], name)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self._optimizer.state_dict()
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _OWN_NAMES or (name[:2] == "__" and name[-2:] == "__"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._optimizer, name, value)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._optimizer.load_state_dict(state_dict)
+    def __delattr__(self, name: str) -> None:
+        if name in _OWN_NAMES or name in object.__getattribute__(self, "__dict__"):
+            object.__delattr__(self, name)
+        else:
+            delattr(self._optimizer, name)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self._optimizer.add_param_group(param_group)
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names this wrapper lacks; `_optimizer` itself may be missing during unpickling.
-        if name == "_optimizer":
-            raise AttributeError(name)
-        return getattr(self._optimizer, name)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_LiteOptimizer, (self._optimizer, self._strategy))
 
     def __repr__(self) -> str:
         return f"_LiteOptimizer({self._optimizer!r})"
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(self._optimizer)) | {"optimizer", "step"})
+
+
+# What the wrapper keeps for itself; everything else is the original optimizer's. `step` may
+# also be set on the wrapper (torch's LR schedulers wrap it to count the calls).
+_OWN_NAMES = frozenset({"_optimizer", "_strategy", "_step", "_strategy_step", "optimizer", "step"})
+
+_CLASSES: dict[type, type] = {}
+
+
+def _plain_step(strategy: Any) -> bool:
+    return getattr(strategy, "plain_backward_and_step", False) is True
+
+
+def _lite_optimizer_class(optimizer_class: type) -> type:
+    """The subclass of ``_LiteOptimizer`` and ``optimizer_class`` (made once per class)."""
+    cls = _CLASSES.get(optimizer_class)
+    if cls is not None:
+        return cls
+    if (
+        not isinstance(optimizer_class, type)
+        or not issubclass(optimizer_class, Optimizer)
+        or issubclass(_LiteOptimizer, optimizer_class)
+    ):
+        return _LiteOptimizer
+    try:
+        cls = type(
+            f"_Lite{optimizer_class.__name__}",
+            (_LiteOptimizer, optimizer_class),
+            {"__module__": __name__, "__qualname__": f"_Lite{optimizer_class.__name__}"},
+        )
+    except TypeError:  # a class that cannot be combined (layout, metaclass): isinstance on Optimizer only
+        cls = _LiteOptimizer
+    _CLASSES[optimizer_class] = cls
+    return cls
