@@ -27,6 +27,8 @@ from lite_data import (
     DistributedSamplerWrapper,
     distributed_dataloader,
     has_iterable_dataset,
+    record_dataloader_arguments,
+    recorded_arguments,
     seed_everything,
     worker_init_function,
 )
@@ -290,3 +292,79 @@ def test_random_sampler_subclass_is_treated_as_custom() -> None:
     assert isinstance(
         distributed_dataloader(loader, num_replicas=2, rank=0).sampler, DistributedSamplerWrapper
     )
+
+
+# -- constructor arguments recorded inside record_dataloader_arguments() -------------------------------
+
+
+class _RootLoader(DataLoader):
+    """Uses `root` (required) to build its dataset and does not store it."""
+
+    def __init__(self, root: int, batch_size: int = 1, **kwargs: Any) -> None:
+        super().__init__(list(range(root, root + 6)), batch_size=batch_size, **kwargs)
+
+
+def test_a_subclass_created_in_a_recording_block_is_recreated_from_its_arguments() -> None:
+    with record_dataloader_arguments():
+        loader = _RootLoader(10, batch_size=2, shuffle=True)
+
+        class Defined(DataLoader):  # a class defined inside the block records too
+            def __init__(self, start: int, *, sampler: Any = None) -> None:
+                super().__init__(list(range(start, start + 4)), sampler=sampler)
+
+        defined = Defined(7)
+    assert recorded_arguments(loader) == ((10,), {"batch_size": 2, "shuffle": True})
+    shares = [distributed_dataloader(loader, num_replicas=2, rank=rank, seed=3) for rank in (0, 1)]
+    assert all(type(share) is _RootLoader and share.batch_size == 2 for share in shares)
+    seen = [int(i) for share in shares for batch in share for i in batch]
+    assert sorted(seen) == list(range(10, 16))
+    assert shares[0].sampler.shuffle and shares[0].sampler.seed == 3
+    new = distributed_dataloader(defined, num_replicas=2, rank=1)
+    assert type(new) is Defined and [int(b) for b in new] == [8, 10]
+
+
+def test_outside_a_recording_block_the_missing_argument_is_named() -> None:
+    with pytest.raises(DataLoaderError, match="'root'.*record_dataloader_arguments"):
+        distributed_dataloader(_RootLoader(10), num_replicas=2, rank=0)
+    assert recorded_arguments(_RootLoader(10)) is None
+
+
+def test_recording_blocks_nest_and_restore_every_class_even_on_error() -> None:
+    before = _RootLoader.__init__
+    with pytest.raises(KeyError):
+        with record_dataloader_arguments():
+            with record_dataloader_arguments():
+                pass
+            assert _RootLoader.__init__ is not before  # the outer block still records
+            assert recorded_arguments(_RootLoader(1)) == ((1,), {})
+            raise KeyError("boom")
+    assert _RootLoader.__init__ is before
+    assert "__init_subclass__" not in DataLoader.__dict__
+
+
+def test_a_subclass_that_cannot_take_the_sampler_says_so() -> None:
+    class Fixed(DataLoader):
+        def __init__(self, size: int) -> None:
+            super().__init__(list(range(size)))
+
+    with record_dataloader_arguments():
+        loader = Fixed(4)
+    with pytest.raises(DataLoaderError, match="does not accept 'sampler'"):
+        distributed_dataloader(loader, num_replicas=2, rank=0)
+
+
+def test_the_shuffle_seed_defaults_to_the_seed_everything_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "11")
+    new = distributed_dataloader(DataLoader(list(range(10)), shuffle=True), num_replicas=2, rank=0)
+    assert new.sampler.seed == 11
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert distributed_dataloader(DataLoader(list(range(10)), shuffle=True), num_replicas=2, rank=0).sampler.seed == 0
+
+
+def test_an_unsized_sampler_is_a_type_error() -> None:
+    class Unsized(Sampler[int]):
+        def __iter__(self) -> Iterator[int]:
+            return iter(range(3))
+
+    with pytest.raises(TypeError, match="__len__"):
+        distributed_dataloader(DataLoader(list(range(3)), sampler=Unsized()), num_replicas=2, rank=0)
