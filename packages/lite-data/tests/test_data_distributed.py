@@ -324,20 +324,19 @@ def test_a_subclass_created_in_a_recording_block_is_recreated_from_its_arguments
 
 
 def test_outside_a_recording_block_the_missing_argument_is_named() -> None:
-    with pytest.raises(DataLoaderError, match="'root'.*record_dataloader_arguments"):
+    with pytest.raises(DataLoaderError, match=r"'root'.*record_dataloader_arguments"):
         distributed_dataloader(_RootLoader(10), num_replicas=2, rank=0)
     assert recorded_arguments(_RootLoader(10)) is None
 
 
 def test_recording_blocks_nest_and_restore_every_class_even_on_error() -> None:
     before = _RootLoader.__init__
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError), record_dataloader_arguments():
         with record_dataloader_arguments():
-            with record_dataloader_arguments():
-                pass
-            assert _RootLoader.__init__ is not before  # the outer block still records
-            assert recorded_arguments(_RootLoader(1)) == ((1,), {})
-            raise KeyError("boom")
+            pass
+        assert _RootLoader.__init__ is not before  # the outer block still records
+        assert recorded_arguments(_RootLoader(1)) == ((1,), {})
+        raise KeyError("boom")
     assert _RootLoader.__init__ is before
     assert "__init_subclass__" not in DataLoader.__dict__
 
@@ -358,7 +357,10 @@ def test_the_shuffle_seed_defaults_to_the_seed_everything_seed(monkeypatch: pyte
     new = distributed_dataloader(DataLoader(list(range(10)), shuffle=True), num_replicas=2, rank=0)
     assert new.sampler.seed == 11
     monkeypatch.delenv("PL_GLOBAL_SEED")
-    assert distributed_dataloader(DataLoader(list(range(10)), shuffle=True), num_replicas=2, rank=0).sampler.seed == 0
+    assert (
+        distributed_dataloader(DataLoader(list(range(10)), shuffle=True), num_replicas=2, rank=0).sampler.seed
+        == 0
+    )
 
 
 def test_an_unsized_sampler_is_a_type_error() -> None:

@@ -26,7 +26,14 @@ from lite_facade import LightningLite
 from lite_testing import free_port
 
 TIMEOUT = 180  # a two-process run on a loaded machine; never a bound on speed
-PACKAGES = ("lite_facade", "lite_strategies", "lite_collectives", "lite_data", "lite_precision", "lite_devices")
+PACKAGES = (
+    "lite_facade",
+    "lite_strategies",
+    "lite_collectives",
+    "lite_data",
+    "lite_precision",
+    "lite_devices",
+)
 
 
 class Lite(LightningLite):
@@ -45,7 +52,13 @@ def seed_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def _child_env() -> dict[str, str]:
     rank_vars = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"}
-    rank_vars |= {"LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"}
+    rank_vars |= {
+        "LOCAL_WORLD_SIZE",
+        "TORCHELASTIC_RUN_ID",
+        "SLURM_NTASKS",
+        "SLURM_JOB_ID",
+        "OMPI_COMM_WORLD_SIZE",
+    }
     env = {k: v for k, v in os.environ.items() if k not in rank_vars}
     env["OMP_NUM_THREADS"] = "1"
     return env
@@ -54,6 +67,10 @@ def _child_env() -> dict[str, str]:
 def _results(stdout: str) -> list[dict[str, Any]]:
     found = [json.loads(line[len("RESULT ") :]) for line in stdout.splitlines() if line.startswith("RESULT ")]
     return sorted(found, key=lambda r: (r.get("seed", 0), r["rank"]))
+
+
+def _flat(lists: list[list[int]]) -> list[int]:
+    return [item for part in lists for item in part]
 
 
 def _expected_order(size: int, rank: int, seed: int) -> list[int]:
@@ -92,7 +109,9 @@ def test_everything_works_outside_run_in_one_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
-def test_calls_needing_the_processes_refuse_outside_run_under_spawn_and_fork(strategy: str, tmp_path: Path) -> None:
+def test_calls_needing_the_processes_refuse_outside_run_under_spawn_and_fork(
+    strategy: str, tmp_path: Path
+) -> None:
     lite = Lite(accelerator="cpu", strategy=strategy, devices=2)
     calls = {
         "setup()": lambda: lite.setup(nn.Linear(2, 1)),
@@ -103,7 +122,9 @@ def test_calls_needing_the_processes_refuse_outside_run_under_spawn_and_fork(str
         "save()": lambda: lite.save({"a": 1}, tmp_path / "c.pt"),
     }
     for name, call in calls.items():
-        with pytest.raises(RuntimeError, match=rf"{name.replace('(', '[(]').replace(')', '[)]')}.*inside `run\(\)`"):
+        with pytest.raises(
+            RuntimeError, match=rf"{name.replace('(', '[(]').replace(')', '[)]')}.*inside `run\(\)`"
+        ):
             call()
     assert not (tmp_path / "c.pt").exists()
     assert not dist.is_initialized()
@@ -146,7 +167,15 @@ print("RESULT " + json.dumps(result), flush=True)
 def test_embedded_without_run_under_torchrun(tmp_path: Path) -> None:
     script = tmp_path / "embedded.py"
     script.write_text(_EMBEDDED)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
     proc = subprocess.run(
         [*cmd, str(script), str(tmp_path / "c.pt")],
         cwd=tmp_path,
@@ -160,7 +189,7 @@ def test_embedded_without_run_under_torchrun(tmp_path: Path) -> None:
     assert [r["rank"] for r in results] == [0, 1]
     for r in results:
         assert r["world_size"] == 2 and r["summed"] == 1.0 and r["object"] == "from 0"
-        assert sorted(sum(r["seen"], [])) == list(range(8))  # the ranks' shares are disjoint
+        assert sorted(_flat(r["seen"])) == list(range(8))  # the ranks' shares are disjoint
     assert results[0]["weight"] == results[1]["weight"]  # DDP averaged the gradients
     saved = torch.load(tmp_path / "c.pt", weights_only=True)
     assert saved["model"]["weight"].flatten().tolist() == pytest.approx(results[0]["weight"])
@@ -320,8 +349,8 @@ def test_dataloader_subclass_created_in_run_gets_a_distributed_sampler() -> None
     out = Lite(accelerator="cpu", strategy="ddp_spawn", devices=2).run(_subclass_body)
     assert out["types"] == ["FolderLoader", "InnerLoader"]
     assert out["samplers"] == ["DistributedSampler", "DistributedSampler"]
-    assert sorted(sum(out["outer"], [])) == list(range(100, 108))
-    assert sorted(sum(out["inner"], [])) == list(range(50, 56))
+    assert sorted(_flat(out["outer"])) == list(range(100, 108))
+    assert sorted(_flat(out["inner"])) == list(range(50, 56))
 
 
 def test_dataloader_subclass_created_outside_run_names_the_missing_argument() -> None:
@@ -357,7 +386,10 @@ def test_optimizer_over_another_models_parameters_is_an_error_at_setup() -> None
     lite = Lite(accelerator="cpu")
     model, other = nn.Linear(4, 2), nn.Linear(3, 5)
     optimizer = torch.optim.SGD([{"params": model.parameters()}, {"params": [other.weight]}], lr=0.1)
-    with pytest.raises(ValueError, match=r"optimizer 0 \(SGD\) holds 1 parameter.*param_groups\[1\]\['params'\]\[0\] \(shape \(5, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"optimizer 0 \(SGD\) holds 1 parameter.*param_groups\[1\]\['params'\]\[0\] \(shape \(5, 3\)",
+    ):
         lite.setup(model, optimizer)
 
 
@@ -446,7 +478,12 @@ def test_script_relaunch_seeds_the_sampler_and_records_subclass_arguments(tmp_pa
     script = tmp_path / "relaunched.py"
     script.write_text(textwrap.dedent(_RELAUNCHED))
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=_child_env(), capture_output=True, text=True, timeout=TIMEOUT
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = _results(proc.stdout)
@@ -456,4 +493,3 @@ def test_script_relaunch_seeds_the_sampler_and_records_subclass_arguments(tmp_pa
         assert r["sampler"] == "DistributedSampler" and r["sgd"]
         assert (r["device"], r["dtype"]) == ("cpu", "torch.float32")
     assert results[0]["order"] != results[2]["order"]  # another seed, another order
-

@@ -60,7 +60,7 @@ def record_dataloader_arguments() -> Iterator[None]:
 
 def _subclasses(root: type) -> list[type]:
     found: list[type] = []
-    todo = list(root.__subclasses__())
+    todo: list[type] = list(root.__subclasses__())
     while todo:
         cls = todo.pop()
         if cls not in found:
@@ -95,7 +95,7 @@ def _install() -> None:
 
     def record_new_subclass(cls: type, **kwargs: Any) -> None:
         if previous is _MISSING:
-            super(DataLoader, cls).__init_subclass__(**kwargs)
+            super(DataLoader, cls).__init_subclass__(**kwargs)  # type: ignore[misc]
         else:
             previous.__get__(None, cls)(**kwargs)
         _wrap_init(cls)

@@ -19,7 +19,12 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from lite_data import DeviceDataLoader, distributed_dataloader, has_iterable_dataset, record_dataloader_arguments
+from lite_data import (
+    DeviceDataLoader,
+    distributed_dataloader,
+    has_iterable_dataset,
+    record_dataloader_arguments,
+)
 from lite_devices import move_to_device
 from lite_facade._build import build_strategy
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
@@ -218,7 +223,9 @@ class LightningLite(ABC):
         Returns one loader for one argument, else a list in the same order.
         """
         if not dataloaders:
-            raise ValueError("`setup_dataloaders` requires at least one dataloader: pass one or more DataLoaders.")
+            raise ValueError(
+                "`setup_dataloaders` requires at least one dataloader: pass one or more DataLoaders."
+            )
         # No process group is needed: the sampler's world size and rank come from the strategy
         # (and its cluster environment), so this also works before `run()`.
         wrapped = [self._setup_dataloader(dl, replace_sampler, move_to_device) for dl in dataloaders]
