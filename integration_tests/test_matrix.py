@@ -42,7 +42,8 @@ from lite_precision import canonical_precision
 
 HERE = Path(__file__).parent
 
-TOLERANCE = {"64-true": 1e-10, "32-true": 1e-5, "16-mixed": 2e-3, "bf16-mixed": 1e-2, "bf16-true": 2e-2}
+# 64-true trains in float64 but returns float32 outputs (as LightningLite), so the loss is float32-rounded.
+TOLERANCE = {"64-true": 1e-7, "32-true": 1e-5, "16-mixed": 2e-3, "bf16-mixed": 1e-2, "bf16-true": 2e-2}
 PARAM_DTYPE = {"64-true": "torch.float64", "bf16-true": "torch.bfloat16"}  # else torch.float32
 OUTPUT_DTYPE: dict[str, str] = {}  # every mode gives float32 outputs (64-true too, as in LightningLite)
 SCRIPT_STRATEGIES = ("ddp", "dp")  # launched by re-running the script

@@ -7,6 +7,7 @@ call ``setup`` / ``setup_dataloaders`` / ``backward``, and instantiate it with t
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
@@ -24,6 +25,7 @@ from lite_data import (
     distributed_dataloader,
     has_iterable_dataset,
     record_dataloader_arguments,
+    worker_init_function,
 )
 from lite_devices import move_to_device
 from lite_facade._build import build_strategy
@@ -245,6 +247,9 @@ class LightningLite(ABC):
         sampler_kwargs = self._strategy.distributed_sampler_kwargs
         if replace_sampler and sampler_kwargs and not has_iterable_dataset(dataloader):
             dataloader = distributed_dataloader(dataloader, **sampler_kwargs)
+        if dataloader.worker_init_fn is None and os.environ.get("PL_SEED_WORKERS") == "1":
+            # After seed_everything(workers=True), as LightningLite: each worker of each rank its own stream.
+            dataloader.worker_init_fn = functools.partial(worker_init_function, rank=self.global_rank)
         device = self.device if move_to_device else None
         return DeviceDataLoader(dataloader, device)
 
