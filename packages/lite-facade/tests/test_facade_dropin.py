@@ -210,6 +210,20 @@ def test_sampler_seed_comes_from_seed_everything_outside_run() -> None:
     assert order(1) != order(2) == _expected_order(32, 0, 2)
 
 
+@pytest.mark.usefixtures("seed_env")
+def test_seed_everything_gives_set_up_loaders_a_per_rank_worker_init_fn() -> None:
+    LightningLite.seed_everything(3)
+    loader = Lite(accelerator="cpu").setup_dataloaders(DataLoader(list(range(4))))
+    assert loader.worker_init_fn.func is lite_data.worker_init_function
+    assert loader.worker_init_fn.keywords == {"rank": 0}
+
+    def own(worker_id: int) -> None:
+        return None
+
+    kept = Lite(accelerator="cpu").setup_dataloaders(DataLoader(list(range(4)), worker_init_fn=own))
+    assert kept.worker_init_fn is own
+
+
 def _seeded_body(self: Lite, seed: int | None) -> dict[str, Any]:
     if seed is not None:
         self.seed_everything(seed)

@@ -55,6 +55,11 @@ class LightningLite(ABC):
 
     Raises:
         LiteConfigurationError: at construction, for every flag that cannot work here, all at once.
+
+    Without ``run()`` (a framework embedding the facade): ``setup_dataloaders`` works with every
+    strategy; ``setup``, the collectives, ``save`` and ``load`` work in one process and under an
+    external launcher (torchrun, srun, mpirun), where the first of them sets the environment up.
+    With a strategy that starts its own processes they raise a ``RuntimeError`` outside ``run()``.
     """
 
     def __init__(
@@ -201,7 +206,12 @@ class LightningLite(ABC):
         """Set a model and its optimizers up for the strategy, the device and the precision.
 
         Returns the wrapped model alone when no optimizer is given, else ``(model, *optimizers)``.
-        The wrappers behave like the originals, which stay reachable as ``.module`` / ``.optimizer``.
+        The wrappers behave like the originals, which stay reachable as ``.module`` / ``.optimizer``;
+        each set-up optimizer is an instance of its original's class.
+
+        Raises:
+            ValueError: an object was set up already, or an optimizer holds parameters that are not
+                the model's (named by their place in ``param_groups``).
         """
         self._check_setup_arguments(model, optimizers)
         self._ensure_environment("setup()")
