@@ -6,6 +6,7 @@ call ``setup`` / ``setup_dataloaders`` / ``backward``, and instantiate it with t
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import warnings
@@ -20,6 +21,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+import lite_collectives
 from lite_data import (
     DeviceDataLoader,
     distributed_dataloader,
@@ -147,8 +149,14 @@ class LightningLite(ABC):
                 "only be called inside `run()`. Move the call into your `run` method and call `run()`, or start "
                 "the processes yourself (torchrun, srun, mpirun) so that this process is one of them."
             )
+        had_group = lite_collectives.is_initialized()
         strategy.setup_environment()
         self._environment_ready = True
+        if not self._launched and not had_group and lite_collectives.is_initialized():
+            # Embedded use (no run()): the process group this call created would otherwise be
+            # torn down during interpreter shutdown, after or while the set-up DDP modules are
+            # freed, which can abort the process. Leave it while the interpreter is still whole.
+            _leave_process_group_at_exit()
 
     # -- properties ------------------------------------------------------------------------------------
 
@@ -463,6 +471,16 @@ class LightningLite(ABC):
         from lite_data import seed_everything
 
         return seed_everything(seed, workers=True if workers is None else workers)
+
+
+_exit_hook_registered = False
+
+
+def _leave_process_group_at_exit() -> None:
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        _exit_hook_registered = True
+        atexit.register(lite_collectives.destroy_process_group)
 
 
 def _launching(run: Callable[..., Any]) -> Callable[..., Any]:
