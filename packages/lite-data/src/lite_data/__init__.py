@@ -7,6 +7,7 @@ Depends on torch and lite_devices only; NumPy is seeded when installed, never re
 from lite_data._distributed import distributed_dataloader, has_iterable_dataset
 from lite_data._errors import DataLoaderError, SeedError
 from lite_data._loader import DeviceDataLoader
+from lite_data._rng import rng_states, set_rng_states
 from lite_data._sampler import DistributedSamplerWrapper
 from lite_data._seed import reset_seed, seed_everything, worker_init_function
 
@@ -18,6 +19,8 @@ __all__ = [
     "distributed_dataloader",
     "has_iterable_dataset",
     "reset_seed",
+    "rng_states",
     "seed_everything",
+    "set_rng_states",
     "worker_init_function",
 ]
