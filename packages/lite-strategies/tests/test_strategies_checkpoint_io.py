@@ -143,3 +143,110 @@ def test_strategy_saves_modules_and_optimizers_as_state_dicts(tmp_path: Path) ->
     assert loaded["optimizer"]["param_groups"][0]["lr"] == 0.1
     assert loaded["epoch"] == 3
     assert loaded["model"]["weight"].device == strategy.root_device
+
+
+# -- issue 15: stale temporaries, errors naming the target, random bytes, URLs ------------------------
+
+
+def test_a_killed_save_leaves_a_temporary_that_the_next_save_removes(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "first"
+        # Kill it while a temporary exists (the loop spends most of its time writing one).
+        deadline = time.monotonic() + 30
+        while not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]:
+            assert time.monotonic() < deadline, "the saver never wrote a temporary file"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    left = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    if not left:  # the kill landed between two saves: make the leftover by hand, as a killed save would
+        (tmp_path / f".ckpt.pt.{proc.pid}.abcd.tmp").write_bytes(b"partial")
+    unrelated = tmp_path / ".other.pt.1.abcd.tmp"  # a temporary of another target stays
+    unrelated.write_bytes(b"x")
+    TorchCheckpointIO().save_checkpoint(_state(3), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt.pt", unrelated.name])
+    assert TorchCheckpointIO().load_checkpoint(path)["step"] == 3
+
+
+def test_a_failed_save_names_the_target_not_the_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(RuntimeError) as info:
+        TorchCheckpointIO().save_checkpoint({"bad": _FailsToPickle()}, path)
+    message = str(info.value)
+    assert str(path) in message and ".tmp" not in message and "writer failed mid-save" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_bytes_are_reported_as_corrupt_never_as_unsafe(tmp_path: Path, seed: int) -> None:
+    path = tmp_path / "ckpt.pt"
+    g = torch.Generator().manual_seed(seed)
+    data = bytes(torch.randint(0, 256, (4096,), generator=g, dtype=torch.uint8).tolist())
+    for content in (data, b"\x80\x02" + data, b"PK\x03\x04" + data):
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError) as info:
+            TorchCheckpointIO().load_checkpoint(path)
+        assert "ckpt.pt" in str(info.value)
+        assert "weights_only=False" not in str(info.value)
+
+
+def test_a_truncated_checkpoint_of_objects_is_corrupt_not_unsafe(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    TorchCheckpointIO().save_checkpoint({"obj": _Custom(7), "w": torch.randn(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 200])
+    with pytest.raises(CheckpointError) as info:
+        TorchCheckpointIO().load_checkpoint(path)
+    assert "weights_only=False" not in str(info.value)
+
+
+def test_file_urls_are_local_atomic_writes(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "ckpt.pt"
+    url = path.as_uri()
+    TorchCheckpointIO().save_checkpoint(_state(4), url)
+    assert path.is_file()
+    assert TorchCheckpointIO().load_checkpoint(url)["step"] == 4
+
+
+def test_a_url_never_becomes_a_local_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"s3://bucket/x\.ckpt"):
+        TorchCheckpointIO().save_checkpoint(_state(1), "s3://bucket/x.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_url_without_fsspec_says_what_to_install(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['fsspec'] = None\n"
+        "from lite_strategies import TorchCheckpointIO, CheckpointError\n"
+        "try:\n    TorchCheckpointIO().save_checkpoint({'a': 1}, 'memory://x/ckpt.pt')\n"
+        "except CheckpointError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "pip install fsspec" in out.stdout and "memory://x/ckpt.pt" in out.stdout, out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_url_round_trip() -> None:
+    fsspec = pytest.importorskip("fsspec")
+    io = TorchCheckpointIO()
+    url = "memory://lite-tests/run/ckpt.pt"
+    io.save_checkpoint(_state(5), url)
+    loaded = io.load_checkpoint(url, map_location="cpu")
+    torch.testing.assert_close(loaded["w"], _state(5)["w"])
+    assert loaded["nested"]["b"][0].tolist() == [5.0, 5.0, 5.0]
+    with pytest.raises(CheckpointError, match="weights_only=False"):
+        io.save_checkpoint({"obj": _Custom(1)}, url)
+        io.load_checkpoint(url)
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/lite-tests/run/junk.pt", b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        io.load_checkpoint("memory://lite-tests/run/junk.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        io.load_checkpoint("memory://lite-tests/run/missing.pt")
+    io.remove_checkpoint(url)
+    assert not fs.exists("/lite-tests/run/ckpt.pt")

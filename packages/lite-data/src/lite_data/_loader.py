@@ -62,6 +62,8 @@ class DeviceDataLoader:
         self._skip = 0  # batches to skip at the next iteration (set by load_state_dict)
         self._generator_states: list[torch.Tensor] | None = None  # at the start of ``_epoch``
         self._restore_generators: list[torch.Tensor] | None = None
+        self._epoch_rng: torch.Tensor | None = None  # torch's global RNG state at the start of ``_epoch``
+        self._resume_rng: torch.Tensor | None = None  # set by load_state_dict for a mid-epoch resume
 
     def __len__(self) -> int:
         return len(self.dataloader)
@@ -96,6 +98,7 @@ class DeviceDataLoader:
             self._epoch += 1
         self._in_epoch = True
         self._batches_yielded = 0
+        self._epoch_rng = torch.get_rng_state()  # what the loader's iterator will draw its seeds from
         for sampler in _samplers(self.dataloader):
             set_epoch = getattr(sampler, "set_epoch", None)
             if callable(set_epoch):
@@ -113,15 +116,16 @@ class DeviceDataLoader:
             loader.worker_init_fn = functools.partial(worker_init_function, rank=rank)
 
     def __iter__(self) -> Iterator[Any]:
-        self._start_epoch()
+        resume_rng, self._resume_rng = self._resume_rng, None
         skip, self._skip = self._skip, 0
+        self._start_epoch()
+        if resume_rng is not None:
+            self._epoch_rng = resume_rng  # a save later in this epoch keeps the interrupted epoch's start
         device = self.device
         non_blocking = bool(device is not None and device.type == "cuda" and self.dataloader.pin_memory)
-        for batch in self.dataloader:
-            if skip:  # resuming: these batches were consumed before the state was saved
-                skip -= 1
-                self._batches_yielded += 1
-                continue
+        batches = self._resumed_batches(skip, resume_rng) if skip else iter(self.dataloader)
+        self._batches_yielded = skip
+        for batch in batches:
             if device is not None:
                 batch = move_to_device(batch, device, non_blocking=non_blocking)
             self._batches_yielded += 1
@@ -129,6 +133,35 @@ class DeviceDataLoader:
         self._in_epoch = False
         self._epoch += 1
         self._batches_yielded = 0
+
+    def _resumed_batches(self, skip: int, epoch_rng: torch.Tensor | None) -> Iterator[Any]:
+        """The epoch's batches after the first ``skip``, drawn as the interrupted epoch drew them.
+
+        The loader's iterator takes its seeds (worker base seed, a generator-less sampler's
+        shuffle) from torch's global RNG when it starts. Here it starts under the global RNG
+        state saved at the start of the interrupted epoch, which then goes back to the state it
+        had (the one a checkpoint restored for the training step). Where the loader batches a
+        map-style dataset through a batch sampler, the skipped batches are skipped as indices
+        and never loaded; otherwise they are loaded and dropped.
+        """
+        current = torch.get_rng_state() if epoch_rng is not None else None
+        if epoch_rng is not None:
+            torch.set_rng_state(epoch_rng)
+        try:
+            skipping = _skipping_loader(self.dataloader, skip)
+            iterator = iter(skipping if skipping is not None else self.dataloader)
+            if skipping is None:  # not index-skippable: load the consumed batches and drop them
+                for _ in range(skip):
+                    if next(iterator, _END) is _END:
+                        break
+            first = next(iterator, _END)
+        finally:
+            if current is not None:
+                torch.set_rng_state(current)
+        if first is _END:
+            return
+        yield first
+        yield from iterator
 
     def state_dict(self) -> dict[str, Any]:
         """Where sampling stands: ``epoch``, ``batches_yielded`` in it, and what fixes its order.
@@ -151,6 +184,7 @@ class DeviceDataLoader:
             "num_replicas": sampler.num_replicas if sampler is not None else None,
             "rank": sampler.rank if sampler is not None else None,
             "generator_states": None if generator_states is None else [s.clone() for s in generator_states],
+            "global_rng_state": self._epoch_rng.clone() if self._in_epoch and self._epoch_rng is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -183,3 +217,53 @@ class DeviceDataLoader:
         self._in_epoch = False
         states = state.get("generator_states")
         self._restore_generators = None if states is None else list(states)
+        rng = state.get("global_rng_state")
+        self._resume_rng = rng if yielded and isinstance(rng, torch.Tensor) else None
+
+
+_END = object()
+
+
+class _SkipFirst:
+    """A batch sampler that leaves out its first ``skip`` batches of indices."""
+
+    def __init__(self, batch_sampler: Any, skip: int) -> None:
+        self.batch_sampler = batch_sampler
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, batch in enumerate(self.batch_sampler):
+            if i >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(len(self.batch_sampler) - self.skip, 0)
+
+
+def _skipping_loader(loader: DataLoader[Any], skip: int) -> DataLoader[Any] | None:
+    """A one-epoch copy of ``loader`` whose batch sampler skips ``skip`` batches, or None where that is unsafe.
+
+    Only a plain DataLoader over a map-style dataset with automatic batching qualifies: a
+    subclass may iterate differently, and an iterable dataset has no indices to skip.
+    """
+    if type(loader) is not DataLoader or loader.batch_sampler is None or has_iterable(loader):
+        return None
+    if skip == 0:
+        return loader
+    kwargs: dict[str, Any] = {
+        "batch_sampler": _SkipFirst(loader.batch_sampler, skip),
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "generator": loader.generator,
+    }
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    return DataLoader(loader.dataset, **kwargs)
+
+
+def has_iterable(loader: DataLoader[Any]) -> bool:
+    return isinstance(loader.dataset, torch.utils.data.IterableDataset)

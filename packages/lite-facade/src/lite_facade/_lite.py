@@ -429,14 +429,37 @@ class LightningLite(ABC):
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
-    def save(self, content: Any, filepath: str | Path) -> None:
+    def save(self, content: Any, filepath: str | Path, *, include_rng: bool = False) -> None:
         """Use instead of ``torch.save``: written once (global rank 0), atomically; call it on every process.
 
         Set-up models and optimizers inside ``content`` are stored as their full state dicts
-        (with sharded strategies the strategy gathers or shards them as it needs).
+        (with sharded strategies the strategy gathers or shards them as it needs). ``filepath``
+        is a local path or a URL that fsspec knows (``memory://``, ``s3://``, ...; needs
+        ``lite-strategies[fsspec]``). ``include_rng=True`` adds every rank's random number
+        generator states (Python, NumPy if installed, torch CPU and CUDA) under the key
+        ``"lite_rng_states"`` (a list indexed by global rank) of the dict ``content``, so that a
+        resume with :meth:`load` continues the same random streams. It is off by default, so a
+        file holds exactly what you passed (e.g. a ``state_dict`` that ``torch.load`` users read).
         """
+        _check_save_order(content, filepath)
         self._ensure_environment("save()")
+        if include_rng:
+            if not isinstance(content, dict):
+                raise TypeError(
+                    f"save(include_rng=True) adds the RNG states to a dict of state; got {type(content).__name__}. "
+                    "Pass a dict such as {'model': model, 'optimizer': optimizer}."
+                )
+            content = {**content, RNG_KEY: self._gather_rng_states()}
         self._strategy.save_checkpoint(filepath, _strategy_objects(content))
+
+    def _gather_rng_states(self) -> list[Any]:
+        from lite_collectives import all_gather_object
+        from lite_data import rng_states
+
+        mine = rng_states()
+        if self.world_size == 1:
+            return [mine]
+        return all_gather_object(mine)
 
     def load(
         self, filepath: str | Path, state: dict[str, Any] | None = None, *, weights_only: bool = True
@@ -461,7 +484,23 @@ class LightningLite(ABC):
         for key, value in targets.items():
             if not isinstance(value, (nn.Module, Optimizer)):
                 state[key] = value
+        if isinstance(rest, dict) and RNG_KEY in rest and RNG_KEY not in state:
+            self._restore_rng_states(rest.pop(RNG_KEY), filepath)
         return rest
+
+    def _restore_rng_states(self, saved: Any, filepath: str | Path) -> None:
+        from lite_data import set_rng_states
+
+        if not isinstance(saved, (list, tuple)) or len(saved) != self.world_size:
+            count = len(saved) if isinstance(saved, (list, tuple)) else "?"
+            warnings.warn(
+                f"{str(filepath)!r} holds the RNG states of {count} processes and this run has {self.world_size}: "
+                "the random streams are not restored (the run goes on with the current ones).",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        set_rng_states(saved[self.global_rank])
 
     # -- seeding -------------------------------------------------------------------------------------
 
@@ -494,6 +533,25 @@ def _launching(run: Callable[..., Any]) -> Callable[..., Any]:
 
     launch_then_run._lite_launches = True  # type: ignore[attr-defined]
     return launch_then_run
+
+
+RNG_KEY = "lite_rng_states"  # where save(include_rng=True) puts every rank's RNG states
+
+
+def _check_save_order(content: Any, filepath: Any) -> None:
+    """Refuse ``save(path, state)``: Lightning Fabric's order, the reverse of LightningLite's."""
+    path_like = (str, os.PathLike)
+    if isinstance(content, path_like) and not isinstance(filepath, path_like):
+        raise TypeError(
+            f"save(content, filepath) takes the state first and the path second; got a path "
+            f"{os.fspath(content)!r} first and a {type(filepath).__name__} second. Lightning Fabric's "
+            "save(path, state) is the other way round: write self.save(state, path)."
+        )
+    if not isinstance(filepath, path_like):
+        raise TypeError(
+            f"save(content, filepath): filepath must be a str or os.PathLike (a local path or an fsspec URL), "
+            f"got {type(filepath).__name__}"
+        )
 
 
 def _strategy_objects(content: Any) -> Any:
