@@ -24,8 +24,9 @@ from lite_devices import get_accelerator, move_to_device
 from lite_precision import Precision, get_precision
 from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
 from lite_strategies._errors import CheckpointError, StrategyError
-from lite_strategies._launcher import Launcher
 from lite_strategies._registry import get_strategy_spec
+from lite_strategies.launchers import Launcher, make_launcher
+from lite_strategies.launchers._spawn import check_start_method
 
 _PathLike = str | os.PathLike[str]
 
@@ -487,8 +488,6 @@ class ParallelStrategy(Strategy):
         # can hang when the module is freed later, so teardown leaves the group then.
         self._wrapped: list[weakref.ref[nn.Module]] = []
         if self.start_method is not None:
-            from lite_strategies._spawn_launcher import check_start_method
-
             check_start_method(self.start_method)
 
     @property
@@ -528,17 +527,15 @@ class ParallelStrategy(Strategy):
         return self._devices[local_rank]
 
     @property
+    def launcher_kind(self) -> str:
+        """How this strategy's processes start: "script", or the start method "spawn"/"fork"."""
+        return "script" if self.start_method is None else self.start_method
+
+    @property
     def launcher(self) -> Launcher | None:
-        """The ScriptLauncher, or a SpawnLauncher for ``start_method`` "spawn"/"fork"."""
+        """The launcher of :attr:`launcher_kind` (see :func:`lite_strategies.launchers.make_launcher`)."""
         if self._launcher is None:
-            if self.start_method is None:
-                from lite_strategies._script_launcher import ScriptLauncher
-
-                self._launcher = ScriptLauncher(self)
-            else:
-                from lite_strategies._spawn_launcher import SpawnLauncher
-
-                self._launcher = SpawnLauncher(self, start_method=self.start_method)
+            self._launcher = make_launcher(self.launcher_kind, self)
         return self._launcher
 
     def setup_environment(self) -> None:

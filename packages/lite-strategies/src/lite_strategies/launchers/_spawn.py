@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ast
-import io
+import contextlib
 import os
 import pickle
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from textwrap import dedent
 from typing import TYPE_CHECKING, Any
@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.multiprocessing as mp
 
-from lite_strategies._errors import ProcessFailedError, StrategyError
-from lite_strategies._launcher import (
-    describe_exit,
+from lite_strategies._errors import StrategyError
+from lite_strategies.launchers._base import (
+    ProcessReport,
+    join_processes,
     rank_environment,
     run_in_this_process,
     start_parent_watchdog,
-    stop_processes,
 )
 
 if TYPE_CHECKING:
@@ -63,11 +63,14 @@ def check_start_method(start_method: str) -> None:
 class SpawnLauncher:
     """Run a function in one new process per local device; return rank 0's value to the caller.
 
-    The value comes back through ``torch.save`` into bytes (tensors on the CPU), so it survives
-    the child exiting. An exception in any rank stops the others and is raised here as
-    :class:`ProcessFailedError` with that rank's traceback (its ``__cause__`` is the original
-    exception when it could be pickled). When the cluster environment creates the processes
-    (torchrun, SLURM, MPI) the function runs in this process instead.
+    The processes are started by ``torch.multiprocessing.start_processes`` and watched through
+    its ``ProcessContext``. Rank 0's value comes back through a file written with ``torch.save``
+    (tensors copied out of shared memory), so it survives the child exiting. An exception in
+    any rank stops the others and is raised here as :class:`ProcessFailedError` with that rank's
+    traceback (its ``__cause__`` is the original exception when it could be pickled); when
+    several ranks fail, the one that caused it is named (see :func:`join_processes`). When the
+    cluster environment creates the processes (torchrun, SLURM, MPI) the function runs in this
+    process instead.
     """
 
     def __init__(self, strategy: Strategy, start_method: str = "spawn") -> None:
@@ -91,35 +94,29 @@ class SpawnLauncher:
             return run_in_this_process(strategy, fn, args, kwargs)
         self._check_can_start(fn)
         address, port = env.main_address, env.main_port
-        ctx = mp.get_context(self.start_method)
-        procs: list[Any] = []
-        readers: list[Connection] = []
-        try:
-            for local_rank in range(strategy.num_processes):
-                recv, send = ctx.Pipe(duplex=False)
-                variables = rank_environment(strategy, local_rank, address, port)
-                proc = ctx.Process(  # type: ignore[attr-defined]
-                    target=_worker,
-                    args=(local_rank, strategy, fn, args, kwargs, variables, send, os.getpid()),
-                    name=f"lite-rank-{variables['RANK']}",
+        variables = [rank_environment(strategy, i, address, port) for i in range(strategy.num_processes)]
+        first_rank = int(variables[0]["RANK"])
+        with tempfile.TemporaryDirectory(prefix="lite-launch-") as channel:
+            try:
+                context = mp.start_processes(
+                    _worker,
+                    args=(strategy, fn, args, kwargs, variables, channel, os.getpid()),
+                    nprocs=strategy.num_processes,
+                    join=False,
+                    start_method=self.start_method,
                 )
-                try:
-                    proc.start()
-                except (pickle.PicklingError, AttributeError, TypeError) as exc:
-                    raise StrategyError(
-                        f"could not send the function, its arguments or the strategy to the new processes "
-                        f"({type(exc).__name__}: {exc}). With start_method='spawn' they must be picklable "
-                        f"(define functions at module level); or use strategy='ddp' or 'ddp_fork'"
-                    ) from exc
-                finally:
-                    send.close()
-                procs.append(proc)
-                readers.append(recv)
-            return self._collect(procs, readers)
-        finally:
-            stop_processes(procs)
-            for r in readers:
-                r.close()
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                # The first process pickles what it runs before it exists: nothing was started.
+                raise StrategyError(
+                    f"could not send the function, its arguments or the strategy to the new processes "
+                    f"({type(exc).__name__}: {exc}). With start_method='spawn' they must be picklable "
+                    f"(define functions at module level); or use strategy='ddp' or 'ddp_fork'"
+                ) from exc
+            join_processes(context, first_rank, lambda i: _read_report(channel, i))
+            result_file = Path(channel) / "result.pt"
+            if not result_file.is_file():
+                return None
+            return torch.load(result_file, map_location="cpu", weights_only=False)
 
     def _check_can_start(self, fn: Callable[..., Any]) -> None:
         if self.start_method == "fork":
@@ -143,67 +140,6 @@ class SpawnLauncher:
                 f"{MAIN_GUARD_MESSAGE}\n(the launch comes from line {line} of your main module)"
             )
 
-    def _collect(self, procs: list[Any], readers: list[Connection]) -> Any:
-        strategy = self._strategy
-        first_rank = strategy.node_rank * strategy.num_processes
-        pending = set(range(len(procs)))
-        result: Any = None
-        while pending:
-            handles: list[Any] = [readers[i] for i in pending] + [procs[i].sentinel for i in pending]
-            ready = wait(handles, timeout=1.0)
-            for i in sorted(pending):
-                if not (readers[i] in ready or procs[i].sentinel in ready):
-                    continue
-                message = _receive(readers[i])
-                if message is None:
-                    procs[i].join(1.0)
-                    code = procs[i].exitcode
-                    raise ProcessFailedError(
-                        f"rank {first_rank + i} {describe_exit(code)} before reporting a result "
-                        f"(its output is above); the other processes were stopped",
-                        rank=first_rank + i,
-                        exitcode=code,
-                    )
-                pending.discard(i)
-                if message[0] == "ok":
-                    if i == 0:
-                        result = torch.load(io.BytesIO(message[1]), map_location="cpu", weights_only=False)
-                    continue
-                _, summary, remote_tb, pickled = message
-                cause = _unpickle(pickled)
-                error = ProcessFailedError(
-                    f"rank {first_rank + i} raised {summary}; the other processes were stopped.\n\n"
-                    f"Traceback from rank {first_rank + i}:\n{remote_tb}",
-                    rank=first_rank + i,
-                    remote_traceback=remote_tb,
-                )
-                if cause is not None:
-                    raise error from cause
-                raise error
-        for p in procs:
-            p.join(10.0)
-        return result
-
-
-def _receive(conn: Connection) -> tuple[Any, ...] | None:
-    try:
-        if not conn.poll(0.05):
-            return None
-        message: tuple[Any, ...] = pickle.loads(conn.recv_bytes())
-        return message
-    except (EOFError, OSError):
-        return None
-
-
-def _unpickle(data: bytes | None) -> BaseException | None:
-    if data is None:
-        return None
-    try:
-        exc = pickle.loads(data)
-    except Exception:
-        return None
-    return exc if isinstance(exc, BaseException) else None
-
 
 def _worker(
     local_rank: int,
@@ -211,32 +147,42 @@ def _worker(
     fn: Callable[..., Any],
     args: Any,
     kwargs: Any,
-    variables: dict[str, str],
-    conn: Connection,
+    variables: list[dict[str, str]],
+    channel: str,
     parent_pid: int,
 ) -> None:
-    os.environ.update(variables)
+    """What each started process runs (``torch.multiprocessing`` calls it with the local rank first)."""
+    os.environ.update(variables[local_rank])
     start_parent_watchdog(parent_pid)
     try:
         value = run_in_this_process(strategy, fn, args, kwargs)
-        payload: tuple[Any, ...] = ("ok", _to_bytes(value) if local_rank == 0 else None)
+        if local_rank == 0:
+            # torch.save copies the storages into the file: torch.multiprocessing would share
+            # them through shared memory, which goes away with this process.
+            tmp = Path(channel) / "result.pt.tmp"
+            torch.save(value, tmp)
+            os.replace(tmp, Path(channel) / "result.pt")
     except BaseException as exc:
-        payload = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(), _pickle_or_none(exc))
-    try:
-        conn.send_bytes(pickle.dumps(payload))
-    except Exception as exc:
-        message = f"its return value could not be sent back ({type(exc).__name__}: {exc})"
-        conn.send_bytes(pickle.dumps(("error", message, traceback.format_exc(), None)))
-    conn.close()
+        _write_report(channel, local_rank, exc)
+        with contextlib.suppress(Exception):
+            strategy.teardown()
+        sys.exit(1)  # the launcher reads the report; the exit code tells it there is one
     strategy.teardown()
 
 
-def _to_bytes(value: Any) -> bytes:
-    # torch.save copies tensor storages into the bytes: torch.multiprocessing would share
-    # them through shared memory, which goes away with this process.
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    return buffer.getvalue()
+def _write_report(channel: str, local_rank: int, exc: BaseException) -> None:
+    report = ProcessReport(f"{type(exc).__name__}: {exc}", traceback.format_exc(), _pickle_or_none(exc))
+    tmp = Path(channel) / f"rank-{local_rank}.tmp"
+    tmp.write_bytes(pickle.dumps(report))
+    os.replace(tmp, Path(channel) / f"rank-{local_rank}.report")
+
+
+def _read_report(channel: str, local_rank: int) -> ProcessReport | None:
+    try:
+        report = pickle.loads((Path(channel) / f"rank-{local_rank}.report").read_bytes())
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+    return report if isinstance(report, ProcessReport) else None
 
 
 def _pickle_or_none(exc: BaseException) -> bytes | None:
