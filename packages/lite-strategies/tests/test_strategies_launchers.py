@@ -220,6 +220,40 @@ def test_spawn_launcher_names_the_killed_rank_not_the_one_that_lost_its_peer(nam
     assert (info.value.rank, info.value.exitcode) == (1, -9)
 
 
+class _Exited:
+    def __init__(self, exitcode: int) -> None:
+        self.exitcode = exitcode
+
+
+@pytest.mark.parametrize(
+    ("exits", "reports", "first_seen", "blamed"),
+    [
+        ([1, -9], {0: "DistBackendError: Connection closed by peer"}, 0, 1),  # killed beats broken connection
+        (
+            [1, 1],
+            {0: "RuntimeError: Connection reset by peer", 1: "RuntimeError: boom"},
+            0,
+            1,
+        ),  # a real error
+        ([-15, 1], {1: "ValueError: bad"}, 0, 1),  # SIGTERM: the launcher stopping it
+        ([0, -11, 1], {2: "RuntimeError: boom"}, 2, 1),  # a crash (SIGSEGV) before a raise
+        ([1, 1], {0: "RuntimeError: a", 1: "RuntimeError: b"}, 1, 1),  # a tie: the first seen
+        ([3, -15], {}, 1, 0),  # a plain non-zero exit beats SIGTERM
+    ],
+)
+def test_the_root_cause_is_blamed_among_several_failures(
+    exits: list[int], reports: dict[int, str], first_seen: int, blamed: int
+) -> None:
+    from lite_strategies.launchers._base import ProcessReport, root_cause
+
+    def report(index: int) -> ProcessReport | None:
+        return ProcessReport(reports[index], f"Traceback of {index}") if index in reports else None
+
+    error = root_cause([_Exited(code) for code in exits], 4, report, first_seen)
+    assert error.rank == 4 + blamed
+    assert str(error).startswith(f"rank {4 + blamed} ")
+
+
 def test_spawn_refuses_an_unpicklable_function() -> None:
     strategy = lite_strategies.DDPSpawnStrategy(devices=[torch.device("cpu")] * 2)
     assert strategy.launcher is not None

@@ -18,9 +18,11 @@ from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
 from lite_strategies._ddp import DDPForkStrategy, DDPSpawnStrategy, DDPStrategy
 from lite_strategies._dp import DataParallelStrategy
 from lite_strategies._errors import CheckpointError, ProcessFailedError, StrategyError
+from lite_strategies._parallel import ParallelStrategy
 from lite_strategies._registry import STRATEGIES, StrategySpec, build_registry, get_strategy_spec
 from lite_strategies._single_device import SingleDeviceStrategy
-from lite_strategies._strategy import ParallelStrategy, Strategy, unwrap_module
+from lite_strategies._state import map_state, unwrap_module
+from lite_strategies._strategy import Strategy
 from lite_strategies.launchers import Launcher, ScriptLauncher, SpawnLauncher
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ __all__ = [
     "build_registry",
     "consolidate_deepspeed_checkpoint",
     "get_strategy_spec",
+    "map_state",
     "unwrap_module",
 ]
 

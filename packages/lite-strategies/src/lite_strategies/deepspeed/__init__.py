@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from lite_strategies.deepspeed._checkpoint import consolidate_deepspeed_checkpoint
+from lite_strategies.deepspeed._config import DeepSpeedOptions
 from lite_strategies.deepspeed._strategy import (
     DeepSpeedStage1Strategy,
     DeepSpeedStage2OffloadStrategy,
@@ -12,10 +14,10 @@ from lite_strategies.deepspeed._strategy import (
     DeepSpeedStage3OffloadStrategy,
     DeepSpeedStage3Strategy,
     DeepSpeedStrategy,
-    consolidate_deepspeed_checkpoint,
 )
 
 __all__ = [
+    "DeepSpeedOptions",
     "DeepSpeedStage1Strategy",
     "DeepSpeedStage2OffloadStrategy",
     "DeepSpeedStage2Strategy",

@@ -12,106 +12,39 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import logging
 import os
-import re
 import weakref
-from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map_only
 
-from lite_precision import Precision
 from lite_strategies._errors import CheckpointError, StrategyError
-from lite_strategies._strategy import ParallelStrategy
+from lite_strategies._parallel import ParallelStrategy
+from lite_strategies.deepspeed._checkpoint import (
+    MANIFEST,
+    consolidate_deepspeed_checkpoint,
+    holds_engines,
+    load_engines,
+    load_full_file,
+    save_engines,
+)
+from lite_strategies.deepspeed._config import DeepSpeedOptions, build_config
+from lite_strategies.deepspeed._precision import DeepSpeedPrecision
 
 _PathLike = str | os.PathLike[str]
 
-#: canonical precision -> the DeepSpeed config section that turns it on (None: fp32).
-_PRECISION_SECTIONS: Mapping[str, str | None] = {
-    "32-true": None,
-    "bf16-mixed": "bf16",
-    "bf16-true": "bf16",
-    "16-mixed": "fp16",
-    "16-true": "fp16",
-}
-_SECTION_DTYPES = {None: torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_OFFLOAD_DEVICES = ("cpu", "nvme")
-#: Written next to the engines' directories: which keys are engines, which optimizers go with them.
-_MANIFEST = "lite_deepspeed.json"
 #: Set to "1" to let DeepSpeed JIT-build its shared-memory all-reduce op on the CPU (see setup_environment).
 SHM_COMM_VAR = "LITE_DEEPSPEED_SHM_COMM"
-_TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class DeepSpeedPrecision(Precision):
-    """What the facade's module wrapper does around a DeepSpeed engine's forward.
-
-    DeepSpeed converts the model itself (bf16/fp16 parameters with fp32 master weights in its
-    optimizer) and runs no autocast, so the forward only casts floating inputs to the
-    engine's dtype and floating outputs back to the default dtype (float32), so that a loss
-    computed outside the model is float32. Backward and step go through the engine, never here.
-    """
-
-    has_forward_context = False
-    uses_scaler = False
-
-    def __init__(self, name: str, device_type: str, dtype: torch.dtype) -> None:
-        # No device check: the strategy checked what DeepSpeed can run at construction.
-        self.name = name
-        self.device_type = device_type
-        self.dtype = dtype
-        self.converts_inputs = self.converts_outputs = dtype is not torch.float32
-
-    def convert_input(self, data: Any) -> Any:
-        return _cast_floating(data, self.dtype) if self.converts_inputs else data
-
-    def convert_output(self, data: Any) -> Any:
-        return _cast_floating(data, torch.get_default_dtype()) if self.converts_outputs else data
-
-
-def _cast_floating(data: Any, dtype: torch.dtype) -> Any:
-    return tree_map_only(torch.Tensor, lambda t: t.to(dtype) if t.is_floating_point() else t, data)
 
 
 class DeepSpeedStrategy(ParallelStrategy):
     """DeepSpeed ZeRO: one engine per model (``deepspeed.initialize``), one process per device.
 
-    Args:
-        stage: ZeRO stage: 0 (off; plain data parallel), 1 (optimizer states sharded),
-            2 (and gradients; the default), 3 (and parameters).
-        config: a DeepSpeed config (https://www.deepspeed.ai/docs/config-json/) as a dict or a
-            path to a JSON file. When given, it is used as it is, except that what it leaves out
-            is filled in: batch sizes (``train_micro_batch_size_per_gpu`` 1, ``gradient_accumulation_steps``
-            1), ``gradient_clipping`` 0 (DeepSpeed 0.19 clips at 1.0 by default, which a plain
-            PyTorch loop never asked for), ``zero_allow_untested_optimizer``, and the precision
-            section from the precision flag. The stage and offload arguments are then ignored.
-        offload_optimizer: keep the optimizer states (and its step) on ``offload_optimizer_device``.
-        offload_parameters: with stage 3, keep the parameters on ``offload_params_device``.
-        offload_optimizer_device: ``"cpu"`` or ``"nvme"`` (needs ``nvme_path``).
-        offload_params_device: ``"cpu"`` or ``"nvme"`` (needs ``nvme_path``).
-        nvme_path: directory on an NVMe drive for ``"nvme"`` offloading.
-        pin_memory: pin the offloaded CPU memory (CUDA only).
-        zero_allow_untested_optimizer: allow torch optimizers DeepSpeed has not tested with ZeRO
-            (e.g. SGD); True by default, as in Lightning.
-        logging_batch_size_per_gpu: ``train_micro_batch_size_per_gpu`` of the built config; DeepSpeed
-            only uses it for its throughput logs (your DataLoader decides the real batch size).
-        contiguous_gradients: ZeRO tuning knob (``zero_optimization``); None: DeepSpeed's default.
-        overlap_comm: ZeRO tuning knob, as above.
-        allgather_bucket_size: ZeRO tuning knob, as above.
-        reduce_bucket_size: ZeRO tuning knob, as above.
-        sub_group_size: ZeRO tuning knob, as above.
-        loss_scale: fp16 loss scale; 0 (the default): dynamic scaling.
-        initial_scale_power: fp16 dynamic scaler: the first scale is 2**initial_scale_power.
-        loss_scale_window: fp16 dynamic scaler: steps without overflow before the scale grows.
-        hysteresis: fp16 dynamic scaler: overflows tolerated before the scale shrinks.
-        min_loss_scale: fp16 dynamic scaler: the lowest scale.
-        logging_level: level of DeepSpeed's logger in each process.
+    Keyword arguments: the fields of :class:`DeepSpeedOptions` (``stage``, ``config``, the offload
+    and ZeRO tuning knobs, the fp16 loss scaler, ``logging_level``), each documented there.
 
     ``process_group_backend`` and ``timeout`` (keyword arguments) are those of
     :class:`ParallelStrategy`; DeepSpeed uses the process group this strategy creates.
@@ -125,131 +58,29 @@ class DeepSpeedStrategy(ParallelStrategy):
     strategy_name: ClassVar[str] = "deepspeed"
     accepted_kwargs: ClassVar[tuple[str, ...]] = (
         *ParallelStrategy.accepted_kwargs,
-        "stage",
-        "config",
-        "offload_optimizer",
-        "offload_parameters",
-        "offload_optimizer_device",
-        "offload_params_device",
-        "nvme_path",
-        "pin_memory",
-        "zero_allow_untested_optimizer",
-        "logging_batch_size_per_gpu",
-        "contiguous_gradients",
-        "overlap_comm",
-        "allgather_bucket_size",
-        "reduce_bucket_size",
-        "sub_group_size",
-        "loss_scale",
-        "initial_scale_power",
-        "loss_scale_window",
-        "hysteresis",
-        "min_loss_scale",
-        "logging_level",
+        *DeepSpeedOptions.names(),
     )
     #: The defaults of the registry rows ``deepspeed_stage_3_offload`` & co. (subclasses below).
     default_stage: ClassVar[int] = 2
     default_offload_optimizer: ClassVar[bool] = False
     default_offload_parameters: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        *,
-        stage: int | None = None,
-        config: _PathLike | dict[str, Any] | None = None,
-        offload_optimizer: bool | None = None,
-        offload_parameters: bool | None = None,
-        offload_optimizer_device: str = "cpu",
-        offload_params_device: str = "cpu",
-        nvme_path: str | None = None,
-        pin_memory: bool = False,
-        zero_allow_untested_optimizer: bool = True,
-        logging_batch_size_per_gpu: int = 1,
-        contiguous_gradients: bool | None = None,
-        overlap_comm: bool | None = None,
-        allgather_bucket_size: int | None = None,
-        reduce_bucket_size: int | None = None,
-        sub_group_size: int | None = None,
-        loss_scale: float = 0.0,
-        initial_scale_power: int = 16,
-        loss_scale_window: int = 1000,
-        hysteresis: int = 2,
-        min_loss_scale: float = 1.0,
-        logging_level: int = logging.WARNING,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         from lite_strategies._registry import get_strategy_spec
 
         get_strategy_spec(self.strategy_name).load()  # without deepspeed: the error names the pip extra
-        options = dict(
-            stage=stage,
-            config=config,
-            offload_optimizer=offload_optimizer,
-            offload_parameters=offload_parameters,
-            offload_optimizer_device=offload_optimizer_device,
-            offload_params_device=offload_params_device,
-            nvme_path=nvme_path,
-            pin_memory=pin_memory,
-            zero_allow_untested_optimizer=zero_allow_untested_optimizer,
-            logging_batch_size_per_gpu=logging_batch_size_per_gpu,
-            contiguous_gradients=contiguous_gradients,
-            overlap_comm=overlap_comm,
-            allgather_bucket_size=allgather_bucket_size,
-            reduce_bucket_size=reduce_bucket_size,
-            sub_group_size=sub_group_size,
-            loss_scale=loss_scale,
-            initial_scale_power=initial_scale_power,
-            loss_scale_window=loss_scale_window,
-            hysteresis=hysteresis,
-            min_loss_scale=min_loss_scale,
-            logging_level=logging_level,
-        )
-        super().__init__(**kwargs, **options)
-        for name in options:
-            self._backend_kwargs.pop(name)
-        user_config = _load_config(config)
-        if user_config is None:
-            zero = _zero_section(
-                stage=self.default_stage if stage is None else stage,
-                offload_optimizer=self.default_offload_optimizer
-                if offload_optimizer is None
-                else offload_optimizer,
-                offload_parameters=(
-                    self.default_offload_parameters if offload_parameters is None else offload_parameters
-                ),
-                offload_optimizer_device=offload_optimizer_device,
-                offload_params_device=offload_params_device,
-                nvme_path=nvme_path,
-                pin_memory=pin_memory,
-                tuning={
-                    "contiguous_gradients": contiguous_gradients,
-                    "overlap_comm": overlap_comm,
-                    "allgather_bucket_size": allgather_bucket_size,
-                    "reduce_bucket_size": reduce_bucket_size,
-                    "sub_group_size": sub_group_size,
-                },
-            )
-            user_config = {"zero_optimization": zero}
-        if not isinstance(logging_batch_size_per_gpu, int) or logging_batch_size_per_gpu < 1:
-            raise StrategyError(
-                f"logging_batch_size_per_gpu must be an int >= 1, got {logging_batch_size_per_gpu!r}"
-            )
-        scaler = {
-            "loss_scale": loss_scale,
-            "initial_scale_power": initial_scale_power,
-            "loss_scale_window": loss_scale_window,
-            "hysteresis": hysteresis,
-            "min_loss_scale": min_loss_scale,
-        }
-        self._config, dtype = _complete_config(
-            user_config,
+        super().__init__(**kwargs)  # checks the names: the common ones and those of DeepSpeedOptions
+        names = [name for name in DeepSpeedOptions.names() if name in self._backend_kwargs]
+        self._options = DeepSpeedOptions.from_kwargs({name: self._backend_kwargs.pop(name) for name in names})
+        self._config, dtype = build_config(
+            self._options,
+            default_stage=self.default_stage,
+            default_offload_optimizer=self.default_offload_optimizer,
+            default_offload_parameters=self.default_offload_parameters,
             precision=self.precision.name,
             device_type=self.devices[0].type,
-            micro_batch_size=logging_batch_size_per_gpu,
-            allow_untested_optimizer=zero_allow_untested_optimizer,
-            scaler=scaler,
         )
-        self._logging_level = logging_level
+        self._logging_level = self._options.logging_level
         # The facade's module wrapper reads this: cast inputs to the engine's dtype, no autocast.
         self._precision = DeepSpeedPrecision(self.precision.name, self.precision.device_type, dtype)
         self._engines: list[Any] = []  # deepspeed.DeepSpeedEngine (deepspeed is imported lazily)
@@ -452,24 +283,10 @@ class DeepSpeedStrategy(ParallelStrategy):
         when that optimizer is in ``state`` too; the plain values go along as client state. A
         state without engines is saved as one file, like every other strategy does.
         """
-        if not isinstance(state, dict) or not any(self._is_engine(v) for v in _walk(state)):
+        if not holds_engines(self, state):
             super().save_checkpoint(path, state)
             return
-        engines, optimizers, plain = self._split_state(state, "save")
-        directory = Path(path)
-        if directory.is_file():
-            raise CheckpointError(
-                f"{os.fspath(path)!r} is a file, but a DeepSpeed checkpoint is a directory; choose another path"
-            )
-        client_state = {"lite": self._convert_state(plain)}
-        for key, engine in engines.items():
-            engine.save_checkpoint(os.fspath(directory), tag=key, client_state=client_state)
-        if self.is_global_zero:
-            manifest = {"engines": sorted(engines), "optimizers": optimizers, "zero_stage": self.zero_stage}
-            tmp = directory / f".{_MANIFEST}.tmp"
-            tmp.write_text(json.dumps(manifest, indent=1))
-            os.replace(tmp, directory / _MANIFEST)
-        self.barrier("save_checkpoint")
+        save_engines(self, path, state)
 
     def load_checkpoint(
         self, path: _PathLike, state: dict[str, Any] | None = None, *, weights_only: bool = True
@@ -485,120 +302,22 @@ class DeepSpeedStrategy(ParallelStrategy):
         split into ZeRO's partitions). DeepSpeed's own files are read with
         ``weights_only=False`` whatever ``weights_only`` says: load only checkpoints you trust.
         """
-        manifest_path = Path(path) / _MANIFEST
-        if not manifest_path.is_file():
+        if not (Path(path) / MANIFEST).is_file():
             if Path(path).is_dir():
                 raise CheckpointError(
-                    f"{os.fspath(path)!r} is a directory without {_MANIFEST}: not a checkpoint saved by the "
+                    f"{os.fspath(path)!r} is a directory without {MANIFEST}: not a checkpoint saved by the "
                     "deepspeed strategy"
                 )
-            return self._load_full_file(path, state, weights_only=weights_only)
+            if state is None or not any(self.is_engine(v) for v in state.values()):
+                return super().load_checkpoint(path, state, weights_only=weights_only)
+            return load_full_file(self, path, state, weights_only=weights_only)
         if state is None:
             return consolidate_deepspeed_checkpoint(path)
-        manifest = json.loads(manifest_path.read_text())
-        engines, optimizers, plain = self._split_state(state, "load")
-        saved = _saved_plain_values(Path(path), manifest)
-        missing = sorted(
-            [k for k in engines if k not in manifest["engines"]]
-            + [k for k in optimizers if k not in manifest["optimizers"]]
-            + [k for k in plain if k not in saved]
-        )
-        if missing:
-            raise CheckpointError(
-                f"{os.fspath(path)!r} has no entries {missing} that the state to load asks for; it has "
-                f"{sorted([*manifest['engines'], *manifest['optimizers'], *saved])}"
-            )
-        for key, engine in engines.items():
-            load_path, _ = engine.load_checkpoint(
-                os.fspath(path),
-                tag=key,
-                load_optimizer_states=key in optimizers.values(),
-                load_lr_scheduler_states=False,
-            )
-            if load_path is None:
-                raise CheckpointError(f"{os.fspath(path)!r}: DeepSpeed found no checkpoint under tag {key!r}")
-        for key in plain:
-            state[key] = saved.pop(key)
-        return saved
+        return load_engines(self, path, state)
 
-    def _load_full_file(self, path: _PathLike, state: dict[str, Any] | None, *, weights_only: bool) -> Any:
-        if state is None or not any(self._is_engine(v) for v in state.values()):
-            return super().load_checkpoint(path, state, weights_only=weights_only)
-        engines, optimizers, _ = self._split_state(state, "load")
-        if optimizers:
-            raise CheckpointError(
-                f"{os.fspath(path)!r} is a full (single-file) checkpoint: its optimizer state cannot be split into "
-                f"DeepSpeed's ZeRO partitions; leave the optimizers {sorted(optimizers)} out of the state to load "
-                "the weights only"
-            )
-        checkpoint = self.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
-        others = {key: value for key, value in state.items() if key not in engines}
-        rest = self._restore_state(path, checkpoint, others)
-        state.update(others)
-        missing = sorted(set(engines) - set(checkpoint))
-        if missing:
-            raise CheckpointError(
-                f"{os.fspath(path)!r} has no entries {missing}; it has {sorted(checkpoint)}"
-            )
-        for key, engine in engines.items():
-            rest.pop(key, None)
-            self._load_full_weights(engine, checkpoint[key])
-        return rest
-
-    def _load_full_weights(self, engine: Any, state_dict: dict[str, Any]) -> None:
-        inner: nn.Module = engine.module
-        if self.zero_stage >= 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(inner.parameters()), modifier_rank=0):
-                if self.is_global_zero:
-                    inner.load_state_dict(state_dict)
-        else:
-            inner.load_state_dict(state_dict)
-        # ZeRO optimizers keep fp32 master copies: refresh them from the loaded weights.
-        refresh = getattr(engine.optimizer, "refresh_fp32_params", None)
-        if refresh is not None:
-            refresh()
-
-    def _is_engine(self, value: Any) -> bool:
+    def is_engine(self, value: Any) -> bool:
+        """Whether ``value`` is one of the DeepSpeed engines this strategy built."""
         return any(value is engine for engine in self._engines)
-
-    def _split_state(
-        self, state: dict[str, Any], action: str
-    ) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
-        """(engines by key, optimizer key -> its engine's key, the plain values) of a top-level state."""
-        engines: dict[str, Any] = {}
-        optimizer_engines: dict[str, Any] = {}
-        plain: dict[str, Any] = {}
-        for key, value in state.items():
-            if self._is_engine(value):
-                if not isinstance(key, str) or not _TAG.match(key):
-                    raise CheckpointError(
-                        f"the key {key!r} of a DeepSpeed engine names its checkpoint directory: use letters, digits, "
-                        "'_', '-' or '.'"
-                    )
-                engines[key] = value
-            elif id(value) in self._engine_of_optimizer:
-                optimizer_engines[key] = self._engine_of_optimizer[id(value)]
-            elif isinstance(value, (dict, list, tuple)) and any(
-                self._is_engine(v) or id(v) in self._engine_of_optimizer for v in _walk(value)
-            ):
-                raise CheckpointError(
-                    f"cannot {action} the DeepSpeed engine or optimizer nested under {key!r}: put engines and their "
-                    "optimizers at the top level of the state, e.g. {'model': model, 'optimizer': optimizer}"
-                )
-            else:
-                plain[key] = value
-        optimizers: dict[str, str] = {}
-        for key, owner in optimizer_engines.items():
-            owner_key = next((k for k, engine in engines.items() if engine is owner), None)
-            if owner_key is None:
-                raise CheckpointError(
-                    f"the optimizer {key!r} is saved and loaded with its DeepSpeed engine, which is not in the "
-                    f"state; add its model to the state"
-                )
-            optimizers[key] = owner_key
-        return engines, optimizers, plain
 
     def teardown(self) -> None:
         """Drop the engines this strategy holds, then leave the process group as ParallelStrategy does."""
@@ -646,203 +365,6 @@ class DeepSpeedStage3OffloadStrategy(DeepSpeedStrategy):
     default_offload_parameters: ClassVar[bool] = True
 
 
-def consolidate_deepspeed_checkpoint(path: _PathLike, output_file: _PathLike | None = None) -> dict[str, Any]:
-    """One full fp32 state dict per engine of a checkpoint the deepspeed strategy saved, plus its plain values.
-
-    Reads every rank's shard in this one process (no process group needed) with
-    ``deepspeed.utils.zero_to_fp32``; the result has the same keys as the state that was
-    saved, minus the optimizers. With ``output_file`` it is also written there with
-    ``torch.save``, a file every strategy (and ``torch.load``) can load.
-
-    >>> state = consolidate_deepspeed_checkpoint("ckpt/", "ckpt.pt")  # doctest: +SKIP
-    >>> model.load_state_dict(state["model"])  # doctest: +SKIP
-    """
-    directory = Path(path)
-    manifest_path = directory / _MANIFEST
-    if not manifest_path.is_file():
-        raise CheckpointError(
-            f"{os.fspath(path)!r} has no {_MANIFEST}: not a checkpoint directory saved by the deepspeed strategy"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    result: dict[str, Any] = {}
-    for key in manifest["engines"]:
-        if manifest.get("zero_stage", 0) == 0:
-            saved = torch.load(_model_states_file(directory / key), map_location="cpu", weights_only=False)
-            module_state = saved["module"]  # stage 0 saves the full module once
-        else:
-            module_state = get_fp32_state_dict_from_zero_checkpoint(os.fspath(directory), tag=key)
-        result[key] = {k: v.float() if v.is_floating_point() else v for k, v in module_state.items()}
-    result.update(_saved_plain_values(directory, manifest))
-    if output_file is not None:
-        tmp = Path(f"{os.fspath(output_file)}.tmp")
-        torch.save(result, tmp)
-        os.replace(tmp, output_file)
-    return result
-
-
-def _saved_plain_values(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The plain values saved with the engines (the same on every rank: read from rank 0's file)."""
-    saved = torch.load(
-        _model_states_file(directory / manifest["engines"][0]), map_location="cpu", weights_only=False
-    )
-    return dict(saved.get("lite", {}))
-
-
-def _model_states_file(tag_dir: Path) -> Path:
-    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
-        if (tag_dir / name).is_file():
-            return tag_dir / name
-    raise CheckpointError(
-        f"{os.fspath(tag_dir)!r} holds no DeepSpeed model states file (is the checkpoint complete?)"
-    )
-
-
-def _walk(obj: Any) -> list[Any]:
-    """Every value inside nested dicts, lists and tuples (the containers too)."""
-    found = [obj]
-    if isinstance(obj, dict):
-        for value in obj.values():
-            found.extend(_walk(value))
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            found.extend(_walk(value))
-    return found
-
-
-# ---------------------------------------------------------------------- config building (pure)
-def _load_config(config: _PathLike | dict[str, Any] | None) -> dict[str, Any] | None:
-    if config is None:
-        return None
-    if isinstance(config, dict):
-        return copy.deepcopy(config)
-    if not isinstance(config, (str, os.PathLike)):
-        raise StrategyError(
-            f"config must be a DeepSpeed config dict or the path of a JSON file, got {type(config).__name__}"
-        )
-    file = Path(config)
-    if not file.is_file():
-        raise StrategyError(f"the DeepSpeed config file {os.fspath(config)!r} does not exist")
-    try:
-        loaded = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise StrategyError(
-            f"the DeepSpeed config file {os.fspath(config)!r} is not valid JSON: {err}"
-        ) from err
-    if not isinstance(loaded, dict):
-        raise StrategyError(
-            f"the DeepSpeed config file {os.fspath(config)!r} holds a {type(loaded).__name__}, not a JSON object"
-        )
-    return loaded
-
-
-def _zero_section(
-    *,
-    stage: Any,
-    offload_optimizer: bool,
-    offload_parameters: bool,
-    offload_optimizer_device: str,
-    offload_params_device: str,
-    nvme_path: str | None,
-    pin_memory: bool,
-    tuning: dict[str, Any],
-) -> dict[str, Any]:
-    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
-        raise StrategyError(f"stage must be one of 0, 1, 2, 3 (ZeRO stages), got {stage!r}")
-    for name, device in (
-        ("offload_optimizer_device", offload_optimizer_device),
-        ("offload_params_device", offload_params_device),
-    ):
-        if device not in _OFFLOAD_DEVICES:
-            raise StrategyError(f"{name} must be one of {list(_OFFLOAD_DEVICES)}, got {device!r}")
-    if offload_optimizer and stage == 0:
-        raise StrategyError("offload_optimizer needs ZeRO stage 1, 2 or 3, got stage=0")
-    if offload_parameters and stage != 3:
-        raise StrategyError(f"offload_parameters needs ZeRO stage 3, got stage={stage}; use stage=3")
-    uses_nvme = (offload_optimizer and offload_optimizer_device == "nvme") or (
-        offload_parameters and offload_params_device == "nvme"
-    )
-    if uses_nvme and not nvme_path:
-        raise StrategyError("offloading to 'nvme' needs nvme_path, a directory on the NVMe drive")
-    zero: dict[str, Any] = {"stage": stage}
-    if offload_optimizer:
-        zero["offload_optimizer"] = _offload(offload_optimizer_device, nvme_path, pin_memory)
-    if offload_parameters:
-        zero["offload_param"] = _offload(offload_params_device, nvme_path, pin_memory)
-    zero.update({key: value for key, value in tuning.items() if value is not None})
-    return zero
-
-
-def _offload(device: str, nvme_path: str | None, pin_memory: bool) -> dict[str, Any]:
-    section: dict[str, Any] = {"device": device, "pin_memory": pin_memory}
-    if device == "nvme":
-        section["nvme_path"] = nvme_path
-    return section
-
-
-def _complete_config(
-    config: dict[str, Any],
-    *,
-    precision: str,
-    device_type: str,
-    micro_batch_size: int,
-    allow_untested_optimizer: bool,
-    scaler: dict[str, Any],
-) -> tuple[dict[str, Any], torch.dtype]:
-    """Fill in what ``config`` leaves out; returns it with the dtype its engines compute in."""
-    if precision not in _PRECISION_SECTIONS:
-        raise StrategyError(
-            f"DeepSpeed cannot train in precision {precision!r} (it has no float64 mode); use one of "
-            f"{sorted(_PRECISION_SECTIONS)}"
-        )
-    config = copy.deepcopy(config)
-    if "train_batch_size" not in config and "train_micro_batch_size_per_gpu" not in config:
-        config["train_micro_batch_size_per_gpu"] = micro_batch_size
-    if "gradient_accumulation_steps" not in config and not (
-        "train_batch_size" in config and "train_micro_batch_size_per_gpu" in config
-    ):
-        config["gradient_accumulation_steps"] = 1
-    config.setdefault("gradient_clipping", 0.0)
-    config.setdefault("zero_allow_untested_optimizer", allow_untested_optimizer)
-    zero = config.get("zero_optimization", {})
-    if zero.get("offload_optimizer", {}).get("device", "none") != "none":
-        # Offloading with the user's torch optimizer: DeepSpeed would insist on its own CPU Adam.
-        config.setdefault("zero_force_ds_cpu_optimizer", False)
-    enabled = [name for name in ("fp16", "bf16") if config.get(name, {}).get("enabled", False)]
-    if len(enabled) > 1:
-        raise StrategyError("the DeepSpeed config enables both fp16 and bf16; enable one")
-    wanted = _PRECISION_SECTIONS[precision]
-    if enabled and wanted is not None and enabled[0] != wanted:
-        raise StrategyError(
-            f"the DeepSpeed config enables {enabled[0]} but the precision flag asks for {precision!r}; "
-            f"drop the config's {enabled[0]!r} section or pass the matching precision"
-        )
-    section = enabled[0] if enabled else wanted
-    if section is not None and not enabled:
-        config[section] = {"enabled": True, **(scaler if section == "fp16" else {})}
-    if section == "fp16":
-        reason = _fp16_unsupported_reason(device_type)
-        if reason:
-            raise StrategyError(
-                f"DeepSpeed cannot train in float16 on {device_type!r}: {reason}; use precision='bf16-mixed' "
-                "or 32"
-            )
-    return config, _SECTION_DTYPES[section]
-
-
-def _fp16_unsupported_reason(device_type: str) -> str | None:
-    if device_type != "cpu":
-        return None
-    try:
-        # What DeepSpeed's CPU accelerator asks before it accepts an fp16 config.
-        if torch.ops.mkldnn._is_mkldnn_fp16_supported():
-            return None
-    except (AttributeError, RuntimeError):
-        pass
-    return "this CPU has no float16 kernels (oneDNN reports no fp16 support)"
-
-
 # ---------------------------------------------------------------------- process setup
 def _use_deepspeed_accelerator(device_type: str) -> None:
     """Make DeepSpeed's global accelerator the one this strategy runs on (it picks CUDA when it sees one)."""
@@ -858,7 +380,7 @@ def _use_deepspeed_accelerator(device_type: str) -> None:
         return
     raise StrategyError(
         f"DeepSpeed selected its {current!r} accelerator but this strategy runs on {device_type!r}; "
-        "unset DS_ACCELERATOR or choose accelerator={current!r}"
+        f"unset DS_ACCELERATOR or choose accelerator={current!r}"
     )
 
 
