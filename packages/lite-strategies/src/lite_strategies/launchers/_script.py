@@ -106,7 +106,8 @@ class ScriptLauncher:
             raise
         self._watcher = watcher = _ChildWatcher(children)
         watcher.start()
-        _InterruptStopper(watcher).install()
+        if children:
+            _InterruptStopper(watcher).install()
         try:
             strategy.setup_environment()
             return fn(*args, **kwargs)
@@ -199,7 +200,8 @@ class _InterruptStopper:
     C-level handler write the signal number to a pipe, which wakes a thread here. If the main
     thread has not started handling the ``KeyboardInterrupt`` within a moment, the thread stops
     the children, which fails the collective (its peers are gone), so that the main thread runs
-    Python again and raises. If it still has not after :data:`FAILURE_GRACE_S`, the process exits.
+    Python again and raises. If it is still stuck at the same place after :data:`FAILURE_GRACE_S`,
+    the process exits.
     Only the default SIGINT handler is served this way, and only when no one else uses the wakeup fd.
     """
 
@@ -243,10 +245,17 @@ class _InterruptStopper:
             return  # the main thread is in Python and handles the KeyboardInterrupt itself
         print("[lite_strategies] interrupted: stopping the other processes", file=sys.stderr, flush=True)
         stop_processes(list(watcher.children.values()))
-        if _wait_until(lambda: watcher.handled, FAILURE_GRACE_S):
-            return
+        before = _main_thread_position()
+        if _wait_until(lambda: watcher.handled, FAILURE_GRACE_S) or _main_thread_position() != before:
+            return  # raising, or running Python (e.g. the user's own KeyboardInterrupt handling)
         print("[lite_strategies] interrupted: rank 0 does not respond; exiting", file=sys.stderr, flush=True)
         os._exit(128 + signal.SIGINT)
+
+
+def _main_thread_position() -> tuple[int, int] | None:
+    """Where the main thread is (its innermost frame and instruction): unchanged while it is blocked in C."""
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    return None if frame is None else (id(frame), frame.f_lasti)
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
