@@ -244,7 +244,7 @@ class _Exited:
 def test_the_root_cause_is_blamed_among_several_failures(
     exits: list[int], reports: dict[int, str], first_seen: int, blamed: int
 ) -> None:
-    from lite_strategies.launchers._base import ProcessReport, root_cause
+    from lite_strategies.launchers._join import ProcessReport, root_cause
 
     def report(index: int) -> ProcessReport | None:
         return ProcessReport(reports[index], f"Traceback of {index}") if index in reports else None

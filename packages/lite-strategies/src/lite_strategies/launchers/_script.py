@@ -16,11 +16,11 @@ from lite_strategies._errors import ProcessFailedError, StrategyError
 from lite_strategies.launchers._base import (
     PARENT_PID_VAR,
     describe_exit,
-    is_peer_error,
     rank_environment,
     run_in_this_process,
     stop_processes,
 )
+from lite_strategies.launchers._join import is_peer_error
 
 if TYPE_CHECKING:
     from lite_strategies._strategy import Strategy
