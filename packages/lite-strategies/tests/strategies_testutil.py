@@ -37,11 +37,14 @@ def train(strategy: lite_strategies.Strategy, out: str | None = None, fail: str 
     """Train STEPS SGD steps on this rank's share of one global batch; return the parameters.
 
     ``fail``: "raise:<rank>" raises on that rank, "kill:<rank>" SIGKILLs it, "hang" writes
-    ``<out>.<rank>.pid`` and sleeps (for interrupt tests).
+    ``<out>.<rank>.pid`` and sleeps (for interrupt tests), "block" does the same except that rank
+    0 waits in a collective (a barrier the others never reach) instead of sleeping.
     """
     rank = strategy.global_rank
-    if fail == "hang":
+    if fail in ("hang", "block"):
         Path(f"{out}.{rank}.pid").write_text(str(os.getpid()))
+        if fail == "block" and rank == 0:
+            strategy.barrier()  # blocks in C++ (gloo) until the others come or are gone
         time.sleep(120)
     model = make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)

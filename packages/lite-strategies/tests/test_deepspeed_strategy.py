@@ -529,3 +529,18 @@ def test_deepspeed_gradient_accumulation_is_right_or_refused(
             torch.testing.assert_close(result, _reference(1), rtol=0, atol=1e-5)
         else:
             assert isinstance(result, str) and error in result
+
+
+def test_a_mismatched_deepspeed_accelerator_names_the_one_it_selected() -> None:
+    # DeepSpeed's accelerator here is its CPU one: a strategy on another device type is refused
+    # with the value filled in (the message once printed "{current!r}" literally).
+    from deepspeed.accelerator import get_accelerator
+
+    from lite_strategies.deepspeed._strategy import _use_deepspeed_accelerator
+
+    current = get_accelerator().device_name()
+    other = "cuda" if current != "cuda" else "cpu"
+    if other == "cpu":
+        pytest.skip("DeepSpeed selected CUDA here; switching to its CPU accelerator is allowed")
+    with pytest.raises(StrategyError, match=rf"choose accelerator={current!r}$"):
+        _use_deepspeed_accelerator(other)

@@ -21,7 +21,7 @@ if not hasattr(fsdp, "fully_shard"):
 
 from lite_precision import get_precision  # noqa: E402
 from lite_strategies import STRATEGIES, CheckpointError, StrategyError  # noqa: E402
-from lite_strategies._fsdp import META_FILE, FSDPStrategy  # noqa: E402
+from lite_strategies.fsdp import META_FILE, FSDPStrategy  # noqa: E402
 from lite_testing import run_processes  # noqa: E402
 
 # torch imports torch._dynamo when the first optimizer is built: pay it once here, before forking.

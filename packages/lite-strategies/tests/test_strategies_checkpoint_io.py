@@ -226,7 +226,9 @@ def test_a_url_without_fsspec_says_what_to_install(tmp_path: Path) -> None:
         "try:\n    TorchCheckpointIO().save_checkpoint({'a': 1}, 'memory://x/ckpt.pt')\n"
         "except CheckpointError as e:\n    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert "pip install fsspec" in out.stdout and "memory://x/ckpt.pt" in out.stdout, out.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -244,9 +246,59 @@ def test_memory_url_round_trip() -> None:
         io.load_checkpoint(url)
     fs = fsspec.filesystem("memory")
     fs.pipe("/lite-tests/run/junk.pt", b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="junk.pt"):
+    with pytest.raises(CheckpointError, match=r"junk\.pt"):
         io.load_checkpoint("memory://lite-tests/run/junk.pt")
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
         io.load_checkpoint("memory://lite-tests/run/missing.pt")
     io.remove_checkpoint(url)
     assert not fs.exists("/lite-tests/run/ckpt.pt")
+
+
+def test_the_state_walker_rebuilds_containers_and_keeps_named_tuples_whole() -> None:
+    from collections import namedtuple
+
+    from lite_strategies import map_state
+
+    Pair = namedtuple("Pair", "a b")
+    state = {"x": [1, (2, 3)], "pair": Pair(4, 5), "empty": {}}
+    seen: list[tuple[object, ...]] = []
+    result = map_state(state, lambda value, path: seen.append(path) or (value, path))
+    assert result == {
+        "x": [(1, ("x", 0)), ((2, ("x", 1, 0)), (3, ("x", 1, 1)))],
+        "pair": (Pair(4, 5), ("pair",)),
+        "empty": {},
+    }
+    assert isinstance(result["x"][1], tuple) and seen == [("x", 0), ("x", 1, 0), ("x", 1, 1), ("pair",)]
+    marked = map_state(
+        {"m": {"keep": 1}}, lambda value, _: "leaf", is_leaf=lambda v: isinstance(v, dict) and "keep" in v
+    )
+    assert marked == {"m": "leaf"}
+
+
+def test_a_stateful_object_is_saved_as_its_state_dict_and_loaded_in_place(tmp_path: Path) -> None:
+    strategy = SingleDeviceStrategy()
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    optimizer.step()
+    scheduler.step()
+    strategy.save_checkpoint(
+        tmp_path / "c.pt", {"model": model, "scheduler": scheduler, "nested": [scheduler]}
+    )
+    saved = strategy.load_checkpoint(tmp_path / "c.pt")  # weights_only: only plain state dicts inside
+    assert saved["scheduler"]["last_epoch"] == 1 and saved["nested"][0] == saved["scheduler"]
+    fresh_optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    fresh = torch.optim.lr_scheduler.StepLR(fresh_optimizer, step_size=1, gamma=0.5)
+    state = {"scheduler": fresh}
+    rest = strategy.load_checkpoint(tmp_path / "c.pt", state)
+    assert state["scheduler"] is fresh and fresh.last_epoch == 1 and sorted(rest) == ["model", "nested"]
+
+
+def test_the_key_check_names_what_is_missing_and_what_is_there(tmp_path: Path) -> None:
+    strategy = SingleDeviceStrategy()
+    strategy.save_checkpoint(tmp_path / "c.pt", {"a": 1, "b": 2})
+    with pytest.raises(CheckpointError, match=r"has no entries \['z'\] .* it has \['a', 'b'\]"):
+        strategy.load_checkpoint(tmp_path / "c.pt", {"a": 0, "z": 0})
+    strategy.save_checkpoint(tmp_path / "list.pt", [1, 2])
+    with pytest.raises(CheckpointError, match="holds a list, not a dict"):
+        strategy.load_checkpoint(tmp_path / "list.pt", {"a": 0})

@@ -133,3 +133,44 @@ def test_a_strategy_that_overrides_the_step_is_not_plain() -> None:
             return super().optimizer_step(optimizer, **kwargs)
 
     assert not Counting().plain_backward_and_step
+
+
+def test_deepspeed_options_are_one_dataclass_checked_with_the_field_list() -> None:
+    # Pure: building the options imports no deepspeed.
+    import dataclasses
+
+    from lite_strategies.deepspeed import DeepSpeedOptions
+
+    names = DeepSpeedOptions.names()
+    assert len(names) == 21 and names[:2] == ("stage", "config")
+    options = DeepSpeedOptions.from_kwargs({"stage": 3, "offload_optimizer": True})
+    assert (options.stage, options.offload_optimizer, options.logging_batch_size_per_gpu) == (3, True, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.stage = 1  # type: ignore[misc]
+    with pytest.raises(
+        StrategyError, match=r"unknown DeepSpeed option\(s\) \['stages'\]; the options are: stage, config, "
+    ):
+        DeepSpeedOptions.from_kwargs({"stages": 3})
+    with pytest.raises(
+        StrategyError, match=r"option overlap_comm must be bool or None, got 'yes'; the options are: stage"
+    ):
+        DeepSpeedOptions(overlap_comm="yes")  # type: ignore[arg-type]
+    with pytest.raises(StrategyError, match="stage must be one of 0, 1, 2, 3"):
+        DeepSpeedOptions(stage=True)
+
+
+def test_launcher_kinds_map_to_their_launchers() -> None:
+    from lite_strategies.launchers import LAUNCHER_KINDS, XLALauncher, make_launcher
+
+    strategy = DDPStrategy(devices=[torch.device("cpu")] * 2)
+    assert LAUNCHER_KINDS == ("script", "spawn", "fork", "xla")
+    assert isinstance(make_launcher("script", strategy), lite_strategies.ScriptLauncher)
+    for kind in ("spawn", "fork"):
+        launcher = make_launcher(kind, strategy)
+        assert isinstance(launcher, lite_strategies.SpawnLauncher) and launcher.start_method == kind
+    assert isinstance(make_launcher("xla", strategy, start_method="fork"), XLALauncher)
+    with pytest.raises(
+        StrategyError, match=r"launcher kind 'forkserver' is not one of \['script', 'spawn', 'fork', 'xla'\]"
+    ):
+        make_launcher("forkserver", strategy)
+    assert DDPStrategy().launcher_kind == "script" and DDPForkStrategy().launcher_kind == "fork"

@@ -103,12 +103,16 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("name", ["ddp", "ddp_fork"])
-def test_interrupt_stops_every_child(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "mode"), [("ddp", "hang"), ("ddp_fork", "hang"), ("ddp", "block"), ("ddp_fork", "block")]
+)
+def test_interrupt_stops_every_child(tmp_path: Path, name: str, mode: str) -> None:
+    # "block": rank 0 waits inside a gloo barrier, in C++, where Python cannot run its SIGINT
+    # handler; with the script launcher rank 0 is the launcher itself.
     script = write_script(tmp_path)
     out = tmp_path / "hang"
     proc = subprocess.Popen(
-        [sys.executable, str(script), name, "2", "1", str(out), "hang"],
+        [sys.executable, str(script), name, "2", "1", str(out), mode],
         cwd=tmp_path,
         env=child_env(),
         stdout=subprocess.PIPE,
@@ -125,11 +129,15 @@ def test_interrupt_stops_every_child(tmp_path: Path, name: str) -> None:
             assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
             time.sleep(0.1)
         pids = [int(f.read_text()) for f in pid_files]
+        time.sleep(1.0)  # let rank 0 enter the barrier
+        sent = time.monotonic()
         proc.send_signal(signal.SIGINT)  # only the launcher: it must stop the children itself
-        proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=30)
+        print(f"{name}/{mode}: the launcher exited {time.monotonic() - sent:.2f} s after SIGINT")
     finally:
         proc.kill()
     assert proc.returncode != 0
+    assert "KeyboardInterrupt" in stderr, stderr
     for pid in pids:
         if pid != proc.pid:
             deadline = time.monotonic() + 10
@@ -198,6 +206,52 @@ def test_spawn_launcher_names_a_killed_rank() -> None:
     with pytest.raises(ProcessFailedError, match=r"rank 1 was killed by signal 9 \(SIGKILL\)") as info:
         strategy.launcher.launch(_fail, strategy, "kill:1")
     assert info.value.exitcode == -9
+
+
+@pytest.mark.parametrize("attempt", range(4))
+@pytest.mark.parametrize("name", ["ddp_spawn", "ddp_fork"])
+def test_spawn_launcher_names_the_killed_rank_not_the_one_that_lost_its_peer(name: str, attempt: int) -> None:
+    # Rank 1 is SIGKILLed in the middle of training; rank 0 then fails in its all-reduce with a
+    # broken connection, often before the launcher sees rank 1 exit. The blame goes to rank 1.
+    strategy = lite_strategies.get_strategy_spec(name).load()(devices=[torch.device("cpu")] * 2)
+    assert strategy.launcher is not None
+    with pytest.raises(ProcessFailedError, match=r"^rank 1 was killed by signal 9 \(SIGKILL\)") as info:
+        strategy.launcher.launch(_fail, strategy, "kill:1")
+    assert (info.value.rank, info.value.exitcode) == (1, -9)
+
+
+class _Exited:
+    def __init__(self, exitcode: int) -> None:
+        self.exitcode = exitcode
+
+
+@pytest.mark.parametrize(
+    ("exits", "reports", "first_seen", "blamed"),
+    [
+        ([1, -9], {0: "DistBackendError: Connection closed by peer"}, 0, 1),  # killed beats broken connection
+        (
+            [1, 1],
+            {0: "RuntimeError: Connection reset by peer", 1: "RuntimeError: boom"},
+            0,
+            1,
+        ),  # a real error
+        ([-15, 1], {1: "ValueError: bad"}, 0, 1),  # SIGTERM: the launcher stopping it
+        ([0, -11, 1], {2: "RuntimeError: boom"}, 2, 1),  # a crash (SIGSEGV) before a raise
+        ([1, 1], {0: "RuntimeError: a", 1: "RuntimeError: b"}, 1, 1),  # a tie: the first seen
+        ([3, -15], {}, 1, 0),  # a plain non-zero exit beats SIGTERM
+    ],
+)
+def test_the_root_cause_is_blamed_among_several_failures(
+    exits: list[int], reports: dict[int, str], first_seen: int, blamed: int
+) -> None:
+    from lite_strategies.launchers._join import ProcessReport, root_cause
+
+    def report(index: int) -> ProcessReport | None:
+        return ProcessReport(reports[index], f"Traceback of {index}") if index in reports else None
+
+    error = root_cause([_Exited(code) for code in exits], 4, report, first_seen)
+    assert error.rank == 4 + blamed
+    assert str(error).startswith(f"rank {4 + blamed} ")
 
 
 def test_spawn_refuses_an_unpicklable_function() -> None:

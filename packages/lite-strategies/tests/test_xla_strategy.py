@@ -35,7 +35,7 @@ from lite_precision import get_precision
 from lite_strategies import ProcessFailedError, StrategyError
 from lite_strategies import _xla as xla_module
 from lite_strategies._xla import XLAStrategy
-from lite_strategies._xla_launcher import XLALauncher, _worker
+from lite_strategies.launchers._xla import XLALauncher, _worker
 
 XLA0 = torch.device("xla", 0)
 

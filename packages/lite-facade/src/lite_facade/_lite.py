@@ -34,7 +34,7 @@ from lite_facade._build import build_strategy
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
 from lite_precision import PrecisionError
-from lite_strategies import StrategyError
+from lite_strategies import StrategyError, map_state
 
 __all__ = ["LightningLite"]
 
@@ -556,12 +556,12 @@ def _check_save_order(content: Any, filepath: Any) -> None:
 
 def _strategy_objects(content: Any) -> Any:
     """Replace set-up models and optimizers (at any depth of dicts, lists, tuples) by what the strategy built."""
-    if isinstance(content, _LiteModule):
-        return content.forward_module
-    if isinstance(content, _LiteOptimizer):
-        return content.optimizer
-    if isinstance(content, dict):
-        return {key: _strategy_objects(value) for key, value in content.items()}
-    if isinstance(content, (list, tuple)) and not hasattr(content, "_fields"):
-        return type(content)(_strategy_objects(value) for value in content)
-    return content
+
+    def unwrap(value: Any, _: Any) -> Any:
+        if isinstance(value, _LiteModule):
+            return value.forward_module
+        if isinstance(value, _LiteOptimizer):
+            return value.optimizer
+        return value
+
+    return map_state(content, unwrap)

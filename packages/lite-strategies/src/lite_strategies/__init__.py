@@ -18,24 +18,24 @@ from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
 from lite_strategies._ddp import DDPForkStrategy, DDPSpawnStrategy, DDPStrategy
 from lite_strategies._dp import DataParallelStrategy
 from lite_strategies._errors import CheckpointError, ProcessFailedError, StrategyError
-from lite_strategies._launcher import Launcher
+from lite_strategies._parallel import ParallelStrategy
 from lite_strategies._registry import STRATEGIES, StrategySpec, build_registry, get_strategy_spec
-from lite_strategies._script_launcher import ScriptLauncher
 from lite_strategies._single_device import SingleDeviceStrategy
-from lite_strategies._spawn_launcher import SpawnLauncher
-from lite_strategies._strategy import ParallelStrategy, Strategy, unwrap_module
+from lite_strategies._state import map_state, unwrap_module
+from lite_strategies._strategy import Strategy
+from lite_strategies.launchers import Launcher, ScriptLauncher, SpawnLauncher
 
 if TYPE_CHECKING:
-    from lite_strategies._deepspeed import DeepSpeedStrategy, consolidate_deepspeed_checkpoint
-    from lite_strategies._fsdp import FSDPStrategy
     from lite_strategies._sharded import DDPShardedSpawnStrategy, DDPShardedStrategy
     from lite_strategies._xla import XLAStrategy
+    from lite_strategies.deepspeed import DeepSpeedStrategy, consolidate_deepspeed_checkpoint
+    from lite_strategies.fsdp import FSDPStrategy
 
 # public name -> the module that defines it, imported on first access (PEP 562)
 _LAZY = {
-    "DeepSpeedStrategy": "lite_strategies._deepspeed",
-    "consolidate_deepspeed_checkpoint": "lite_strategies._deepspeed",
-    "FSDPStrategy": "lite_strategies._fsdp",
+    "DeepSpeedStrategy": "lite_strategies.deepspeed",
+    "consolidate_deepspeed_checkpoint": "lite_strategies.deepspeed",
+    "FSDPStrategy": "lite_strategies.fsdp",
     "DDPShardedStrategy": "lite_strategies._sharded",
     "DDPShardedSpawnStrategy": "lite_strategies._sharded",
     "XLAStrategy": "lite_strategies._xla",
@@ -67,6 +67,7 @@ __all__ = [
     "build_registry",
     "consolidate_deepspeed_checkpoint",
     "get_strategy_spec",
+    "map_state",
     "unwrap_module",
 ]
 

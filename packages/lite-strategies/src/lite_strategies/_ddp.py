@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lite_strategies._errors import StrategyError
-from lite_strategies._strategy import ParallelStrategy
+from lite_strategies._parallel import ParallelStrategy
 
 # device_ids/output_device follow from the process's device; the rest pass through.
 _DDP_KWARGS = tuple(

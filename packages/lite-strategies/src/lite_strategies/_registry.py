@@ -130,7 +130,7 @@ _ROWS = (
     StrategySpec(
         name="deepspeed",
         aliases=(),
-        factory="lite_strategies._deepspeed:DeepSpeedStrategy",
+        factory="lite_strategies.deepspeed:DeepSpeedStrategy",
         accelerators=("cpu", "cuda"),
         launcher="script",
         multi_process=True,
@@ -142,7 +142,7 @@ _ROWS = (
     StrategySpec(
         name="deepspeed_stage_1",
         aliases=(),
-        factory="lite_strategies._deepspeed:DeepSpeedStage1Strategy",
+        factory="lite_strategies.deepspeed:DeepSpeedStage1Strategy",
         accelerators=("cpu", "cuda"),
         launcher="script",
         multi_process=True,
@@ -154,7 +154,7 @@ _ROWS = (
     StrategySpec(
         name="deepspeed_stage_2",
         aliases=(),
-        factory="lite_strategies._deepspeed:DeepSpeedStage2Strategy",
+        factory="lite_strategies.deepspeed:DeepSpeedStage2Strategy",
         accelerators=("cpu", "cuda"),
         launcher="script",
         multi_process=True,
@@ -166,7 +166,7 @@ _ROWS = (
     StrategySpec(
         name="deepspeed_stage_2_offload",
         aliases=(),
-        factory="lite_strategies._deepspeed:DeepSpeedStage2OffloadStrategy",
+        factory="lite_strategies.deepspeed:DeepSpeedStage2OffloadStrategy",
         accelerators=("cpu", "cuda"),
         launcher="script",
         multi_process=True,
@@ -178,7 +178,7 @@ _ROWS = (
     StrategySpec(
         name="deepspeed_stage_3",
         aliases=(),
-        factory="lite_strategies._deepspeed:DeepSpeedStage3Strategy",
+        factory="lite_strategies.deepspeed:DeepSpeedStage3Strategy",
         accelerators=("cpu", "cuda"),
         launcher="script",
         multi_process=True,
@@ -190,7 +190,7 @@ _ROWS = (
     StrategySpec(
         name="deepspeed_stage_3_offload",
         aliases=(),
-        factory="lite_strategies._deepspeed:DeepSpeedStage3OffloadStrategy",
+        factory="lite_strategies.deepspeed:DeepSpeedStage3OffloadStrategy",
         accelerators=("cpu", "cuda"),
         launcher="script",
         multi_process=True,
@@ -226,7 +226,7 @@ _ROWS = (
     StrategySpec(
         name="fsdp",
         aliases=(),
-        factory="lite_strategies._fsdp:FSDPStrategy",
+        factory="lite_strategies.fsdp:FSDPStrategy",
         accelerators=("cpu", "cuda"),
         launcher="script",
         multi_process=True,

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from lite_strategies._errors import StrategyError
-from lite_strategies._strategy import ParallelStrategy, unwrap_module
+from lite_strategies._parallel import ParallelStrategy
+from lite_strategies._state import unwrap_module
 
 #: Keyword arguments of ``fairscale.nn.ShardedDataParallel`` that pass through (the module,
 #: the sharded optimizers and the process group come from the strategy). A test checks this

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import weakref
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from datetime import timedelta
 from typing import Any, ClassVar
 
 import torch
@@ -23,9 +21,10 @@ from lite_collectives import ClusterEnvironment
 from lite_devices import get_accelerator, move_to_device
 from lite_precision import Precision, get_precision
 from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
-from lite_strategies._errors import CheckpointError, StrategyError
-from lite_strategies._launcher import Launcher
+from lite_strategies._errors import StrategyError
 from lite_strategies._registry import get_strategy_spec
+from lite_strategies._state import restore_state, saved_form, unwrap_module
+from lite_strategies.launchers import Launcher
 
 _PathLike = str | os.PathLike[str]
 
@@ -127,8 +126,6 @@ class Strategy:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        if isinstance(self, ParallelStrategy):
-            self._wrapped: list[weakref.ref[nn.Module]] = []
 
     def __repr__(self) -> str:
         return (
@@ -370,7 +367,8 @@ class Strategy:
         """Save ``state`` to ``path``: global rank 0 writes, atomically; every rank must call this.
 
         Modules and optimizers (what :meth:`setup_module_and_optimizers` returned), at the top
-        level or inside dicts, lists and tuples, are saved as their full state dicts. Sharded
+        level or inside dicts, lists and tuples, are saved as their full state dicts, other objects
+        with ``state_dict``/``load_state_dict`` (an LR scheduler) as their ``state_dict()``. Sharded
         strategies override this to write one file per rank under ``path``.
         """
         converted = self._convert_state(state)  # on every rank: sharded states gather here
@@ -379,23 +377,20 @@ class Strategy:
         self.barrier("save_checkpoint")
 
     def _convert_state(self, state: Any) -> Any:
-        if isinstance(state, nn.Module):
-            return self.get_module_state_dict(state)
-        if isinstance(state, torch.optim.Optimizer):
-            return self.get_optimizer_state_dict(state)
-        if isinstance(state, dict):
-            return {key: self._convert_state(value) for key, value in state.items()}
-        if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):
-            return type(state)(self._convert_state(value) for value in state)
-        return state
+        return saved_form(
+            state,
+            lambda module, _: self.get_module_state_dict(module),
+            lambda optimizer, _: self.get_optimizer_state_dict(optimizer),
+        )
 
     def load_checkpoint(
         self, path: _PathLike, state: dict[str, Any] | None = None, *, weights_only: bool = True
     ) -> Any:
         """Load a checkpoint on this rank with tensors on the root device.
 
-        Without ``state``: return what was saved. With ``state`` (a dict of modules, optimizers
-        and plain values, keyed like the saved dict): load each module and optimizer in place,
+        Without ``state``: return what was saved. With ``state`` (a dict of modules, optimizers,
+        other stateful objects and plain values, keyed like the saved dict): load each module,
+        optimizer and stateful object in place,
         replace each plain value in ``state`` by the saved one, and return the saved entries
         that ``state`` did not name. A key of ``state`` missing from the file raises
         :class:`CheckpointError`. ``weights_only=False`` unpickles arbitrary objects: only for
@@ -409,181 +404,9 @@ class Strategy:
         return self._restore_state(path, checkpoint, state)
 
     def _restore_state(self, path: _PathLike, checkpoint: Any, state: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(checkpoint, dict):
-            raise CheckpointError(
-                f"{os.fspath(path)!r} holds a {type(checkpoint).__name__}, not a dict: it cannot be loaded into "
-                f"the state {sorted(state)}; load it without `state` instead"
-            )
-        missing = sorted(set(state) - set(checkpoint))
-        if missing:
-            raise CheckpointError(
-                f"{os.fspath(path)!r} has no entries {missing} that the state to load asks for; "
-                f"it has {sorted(checkpoint)}"
-            )
-        rest = dict(checkpoint)
-        for key, target in state.items():
-            value = rest.pop(key)
-            if isinstance(target, nn.Module):
-                self.load_module_state_dict(target, value)
-            elif isinstance(target, torch.optim.Optimizer):
-                self.load_optimizer_state_dict(target, value)
-            else:
-                state[key] = value
-        return rest
+        return restore_state(
+            path, checkpoint, state, self.load_module_state_dict, self.load_optimizer_state_dict
+        )
 
     def teardown(self) -> None:
         """Release what :meth:`setup_environment` acquired."""
-
-
-def _share_cpu_threads(device: torch.device, local_processes: int) -> None:
-    """Give each of the CPU processes on this node its share of the cores.
-
-    Without this, every process starts one intra-op thread per core, and N processes on N
-    cores fight over them (a several-fold slowdown). A user's OMP_NUM_THREADS wins, as it
-    does under torchrun, which sets it to 1 itself.
-    """
-    if device.type != "cpu" or local_processes <= 1 or "OMP_NUM_THREADS" in os.environ:
-        return
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
-
-
-def unwrap_module(module: nn.Module) -> nn.Module:
-    """The user's module inside DDP/DataParallel (and similar ``.module`` wrappers)."""
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
-    while isinstance(module, (DistributedDataParallel, DataParallel)):
-        module = module.module
-    return module
-
-
-class ParallelStrategy(Strategy):
-    """A strategy with one process per device, joined by a process group (lite_collectives).
-
-    Ranks come from the cluster environment: ``global_rank = node_rank * devices + local_rank``
-    unless an external launcher (torchrun, SLURM, MPI) assigned them.
-    """
-
-    strategy_name: ClassVar[str] = "ddp"
-    accepted_kwargs: ClassVar[tuple[str, ...]] = ("process_group_backend", "timeout")
-    #: None: the ScriptLauncher; "spawn"/"fork": the SpawnLauncher with that start method.
-    start_method: ClassVar[str | None] = None
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        backend = self._backend_kwargs.pop("process_group_backend", None)
-        if backend is not None and not isinstance(backend, str):
-            raise StrategyError(
-                f"process_group_backend must be a string like 'gloo' or 'nccl', got {backend!r}"
-            )
-        self._process_group_backend: str | None = backend
-        timeout = self._backend_kwargs.pop("timeout", timedelta(minutes=30))
-        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-            timeout = timedelta(seconds=timeout)
-        if not isinstance(timeout, timedelta) or timeout.total_seconds() <= 0:
-            raise StrategyError(f"timeout must be a positive timedelta or number of seconds, got {timeout!r}")
-        self._timeout = timeout
-        self._owns_process_group = False
-        # Wrappers this strategy built: destroying the process group under a live DDP module
-        # can hang when the module is freed later, so teardown leaves the group then.
-        self._wrapped: list[weakref.ref[nn.Module]] = []
-        if self.start_method is not None:
-            from lite_strategies._spawn_launcher import check_start_method
-
-            check_start_method(self.start_method)
-
-    @property
-    def num_processes(self) -> int:
-        """Processes per node: one per device."""
-        return len(self._devices)
-
-    @property
-    def world_size(self) -> int:
-        """``num_nodes * devices``."""
-        return self._num_nodes * self.num_processes
-
-    @property
-    def global_rank(self) -> int:
-        """This process's rank in the job (from the cluster environment)."""
-        return self.cluster_environment.global_rank()
-
-    @property
-    def local_rank(self) -> int:
-        """This process's rank on its node (from the cluster environment)."""
-        return self.cluster_environment.local_rank()
-
-    @property
-    def node_rank(self) -> int:
-        """This node's rank (from the cluster environment, e.g. NODE_RANK)."""
-        return self.cluster_environment.node_rank()
-
-    @property
-    def root_device(self) -> torch.device:
-        """This process's device: ``devices[local_rank]``."""
-        local_rank = self.local_rank
-        if local_rank >= len(self._devices):
-            raise StrategyError(
-                f"local rank {local_rank} has no device: this node was given {len(self._devices)} device(s); "
-                f"start at most that many processes per node"
-            )
-        return self._devices[local_rank]
-
-    @property
-    def launcher(self) -> Launcher | None:
-        """The ScriptLauncher, or a SpawnLauncher for ``start_method`` "spawn"/"fork"."""
-        if self._launcher is None:
-            if self.start_method is None:
-                from lite_strategies._script_launcher import ScriptLauncher
-
-                self._launcher = ScriptLauncher(self)
-            else:
-                from lite_strategies._spawn_launcher import SpawnLauncher
-
-                self._launcher = SpawnLauncher(self, start_method=self.start_method)
-        return self._launcher
-
-    def setup_environment(self) -> None:
-        """Set the ranks on the cluster environment, select the device and join the process group."""
-        env = self.cluster_environment
-        if env.creates_processes_externally:
-            if env.world_size() != self.world_size:
-                raise StrategyError(
-                    f"{type(env).__name__} started {env.world_size()} processes in all, but this strategy "
-                    f"expects num_nodes x devices = {self._num_nodes} x {self.num_processes} = {self.world_size}; "
-                    f"pass devices and num_nodes that match the launcher"
-                )
-        else:
-            env.set_world_size(self.world_size)
-            env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
-        super().setup_environment()
-        _share_cpu_threads(self.root_device, self.num_processes)
-        self._owns_process_group = not lite_collectives.is_initialized()
-        lite_collectives.init_process_group(
-            env,
-            backend=self._process_group_backend,
-            device_type=self.root_device.type,
-            timeout=self._timeout,
-        )
-
-    def barrier(self, name: str | None = None) -> None:
-        """Wait for every process (a no-op before the process group exists)."""
-        if lite_collectives.is_initialized():
-            lite_collectives.barrier()
-
-    def setup_module(self, module: nn.Module, *, move_to_device: bool = True) -> nn.Module:
-        """Convert, move and wrap the module (see :meth:`Strategy.setup_module`)."""
-        wrapped = super().setup_module(module, move_to_device=move_to_device)
-        if wrapped is not module:
-            self._wrapped.append(weakref.ref(wrapped))
-        return wrapped
-
-    def teardown(self) -> None:
-        """Destroy the process group this strategy created and tear the environment down.
-
-        While a module wrapped by this strategy is still referenced, the process group is
-        left to the end of the process: destroying it first can hang when the wrapper is freed.
-        """
-        live = any(ref() is not None for ref in self._wrapped)
-        if self._owns_process_group and lite_collectives.is_initialized() and not live:
-            lite_collectives.destroy_process_group()
-            self._owns_process_group = False
-        self.cluster_environment.teardown()

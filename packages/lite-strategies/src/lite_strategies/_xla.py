@@ -22,14 +22,14 @@ from torch.utils._pytree import tree_map_only
 import lite_collectives
 from lite_devices import move_to_device as _to_device  # setup_module_and_optimizers has a flag of that name
 from lite_strategies._errors import StrategyError
-from lite_strategies._launcher import Launcher
 from lite_strategies._strategy import Strategy
+from lite_strategies.launchers import Launcher
+from lite_strategies.launchers._spawn import START_METHODS as _START_METHODS
 
 _PathLike = str | os.PathLike[str]
 
 #: The precisions this strategy runs; others are refused at construction.
 XLA_PRECISIONS = ("32-true", "bf16-true")
-_START_METHODS = ("spawn", "fork")
 # lite op name -> torch_xla's reduce type (mean is a sum scaled by 1 / world size).
 _XLA_REDUCE = {
     "sum": "REDUCE_SUM",
@@ -159,9 +159,9 @@ class XLAStrategy(Strategy):
     def launcher(self) -> Launcher | None:
         """An :class:`XLALauncher` (torch_xla's spawn entry point)."""
         if self._launcher is None:
-            from lite_strategies._xla_launcher import XLALauncher
+            from lite_strategies.launchers import make_launcher
 
-            self._launcher = XLALauncher(self, start_method=self._start_method)
+            self._launcher = make_launcher("xla", self, start_method=self._start_method)
         return self._launcher
 
     # ------------------------------------------------------------------ setup

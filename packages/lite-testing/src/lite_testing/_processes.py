@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 
 class DistributedTestError(RuntimeError):
@@ -34,7 +38,7 @@ def _child(
     init: bool,
     timeout: float,
     env: dict[str, str],
-    conn: Any,
+    channel: str,
 ) -> None:
     os.environ.update(env)
     os.environ.update(
@@ -69,10 +73,23 @@ def _child(
             if dist.is_initialized():
                 dist.destroy_process_group()
     try:
-        conn.send(pickle.dumps(payload))
+        data = pickle.dumps(payload)
     except Exception as exc:
-        conn.send(pickle.dumps(("error", f"result of rank {rank} cannot be pickled: {exc}")))
-    conn.close()
+        payload = ("error", f"result of rank {rank} cannot be pickled: {exc}")
+        data = pickle.dumps(payload)
+    tmp = Path(channel) / f"{rank}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, Path(channel) / f"{rank}.pickle")
+    if payload[0] == "error":
+        sys.exit(1)  # torch's ProcessContext sees the failure at once and stops the others
+
+
+def _read(channel: str, rank: int) -> tuple[str, Any] | None:
+    try:
+        payload: tuple[str, Any] = pickle.loads((Path(channel) / f"{rank}.pickle").read_bytes())
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+    return payload
 
 
 def run_processes(
@@ -89,54 +106,47 @@ def run_processes(
     With ``init=True`` each process first joins a gloo process group on 127.0.0.1 whose
     collectives time out after ``timeout`` seconds. The whole run is bounded by
     ``timeout`` plus a margin: a rank that raises, dies or hangs fails the call with a
-    :class:`DistributedTestError` naming the rank, and every other rank is killed.
+    :class:`DistributedTestError` naming the rank, and every other rank is stopped.
     ``fn`` must be picklable when ``start_method="spawn"`` (a module-level function).
+    The processes are started and watched by ``torch.multiprocessing.start_processes``.
     """
-    ctx = mp.get_context(start_method)
     port = free_port()
-    pipes = [ctx.Pipe(duplex=False) for _ in range(world_size)]
-    procs = [
-        ctx.Process(
-            target=_child,
-            args=(rank, world_size, port, fn, args, init, timeout, dict(env or {}), pipes[rank][1]),
-            daemon=False,  # ranks may start DataLoader workers; the parent kills them at the end
+    limit = timeout + 30.0
+    with tempfile.TemporaryDirectory(prefix="lite-testing-") as channel:
+        context = mp.start_processes(
+            _child,
+            args=(world_size, port, fn, args, init, timeout, dict(env or {}), channel),
+            nprocs=world_size,
+            join=False,
+            start_method=start_method,
         )
-        for rank in range(world_size)
-    ]
-    for p in procs:
-        p.start()
-    for _, send in pipes:
-        send.close()
-    results: dict[int, Any] = {}
-    errors: list[str] = []
-    deadline = time.monotonic() + timeout + 30.0
-    try:
-        pending = set(range(world_size))
-        while pending and time.monotonic() < deadline:
-            for rank in sorted(pending):
-                recv = pipes[rank][0]
-                if recv.poll(0.05):
-                    try:
-                        status, value = pickle.loads(recv.recv())
-                    except EOFError:
-                        status, value = "error", f"exited with code {procs[rank].exitcode} before reporting"
-                    pending.discard(rank)
-                    if status == "ok":
-                        results[rank] = value
-                    else:
-                        errors.append(f"rank {rank} failed:\n{value}")
-                elif not procs[rank].is_alive() and not recv.poll(0.05):
-                    pending.discard(rank)
-                    errors.append(f"rank {rank} died with exit code {procs[rank].exitcode}")
-            if errors:
-                break
-        if pending and not errors:
-            errors.append(f"ranks {sorted(pending)} did not finish within {timeout + 30.0:.0f} s")
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-            p.join(5)
+        errors: list[str] = []
+        first: int | None = None
+        deadline = time.monotonic() + limit
+        try:
+            while not context.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())), grace_period=3.0):
+                if time.monotonic() >= deadline:
+                    pending = [r for r, p in enumerate(context.processes) if p.is_alive()]
+                    errors.append(f"ranks {pending} did not finish within {limit:.0f} s")
+                    break
+        except ProcessException as exc:
+            first = exc.error_index
+        finally:
+            for p in context.processes:
+                if p.is_alive():
+                    p.kill()
+                p.join(5)
+        results: dict[int, Any] = {}
+        deaths: list[str] = []
+        for rank in sorted(range(world_size), key=lambda r: r != first):  # the failure seen first on top
+            payload = _read(channel, rank)
+            if payload is not None and payload[0] == "ok":
+                results[rank] = payload[1]
+            elif payload is not None:
+                errors.append(f"rank {rank} failed:\n{payload[1]}")
+            elif rank == first or not errors:
+                deaths.append(f"rank {rank} died with exit code {context.processes[rank].exitcode}")
+        errors = errors + deaths if errors else deaths
     if errors:
         raise DistributedTestError("\n".join(errors))
     return [results[r] for r in range(world_size)]

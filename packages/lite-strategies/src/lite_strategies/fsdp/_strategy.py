@@ -10,11 +10,9 @@ processes, or optionally a single full file.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
-import tempfile
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,7 +23,19 @@ from torch.optim import Optimizer
 
 from lite_devices import move_to_device
 from lite_strategies._errors import CheckpointError, StrategyError
-from lite_strategies._strategy import ParallelStrategy
+from lite_strategies._parallel import ParallelStrategy
+from lite_strategies._state import restore_state, saved_form
+from lite_strategies.fsdp._checkpoint import (
+    MARKER,
+    META_FILE,
+    FullLoader,
+    marker_slot,
+    named_optimizer_state,
+    resolve_markers,
+    slot_name,
+)
+from lite_strategies.fsdp._config import import_fsdp, wrap_predicate
+from lite_strategies.fsdp._optimizers import constructor_defaults, optimizer_plan, rebuild_optimizer
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -33,65 +43,8 @@ if TYPE_CHECKING:
 
 _PathLike = str | os.PathLike[str]
 
-#: The file of a sharded checkpoint directory that holds everything but the sharded states.
-META_FILE = "lite_state.pt"
-# In META_FILE, a module's or optimizer's entry is this marker naming its slot in the DCP files.
-_MARKER = "__lite_fsdp_sharded__"
 _STATE_DICT_TYPES = ("sharded", "full")
 _MIXED = ("16-mixed", "bf16-mixed")
-
-
-def _import_fsdp() -> Any:
-    """``torch.distributed.fsdp`` with FSDP2's ``fully_shard``, or a StrategyError saying what is missing."""
-    import torch.distributed
-
-    if not torch.distributed.is_available():
-        raise StrategyError(
-            f"strategy 'fsdp' needs torch.distributed, which this torch build ({torch.__version__}) lacks"
-        )
-    try:
-        import torch.distributed.fsdp as fsdp
-    except ImportError as exc:  # pragma: no cover - every torch with torch.distributed has it
-        raise StrategyError(f"strategy 'fsdp' could not import torch.distributed.fsdp: {exc}") from exc
-    if not hasattr(fsdp, "fully_shard"):
-        raise StrategyError(
-            f"strategy 'fsdp' runs on FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); this torch is "
-            f"{torch.__version__}: upgrade torch or use strategy='ddp'"
-        )
-    return fsdp
-
-
-def _wrap_predicate(policy: Any) -> Callable[[nn.Module], bool] | None:
-    """Normalize ``auto_wrap_policy``: None, module classes (one or a collection), or ``callable(module) -> bool``."""
-    if policy is None:
-        return None
-    if isinstance(policy, type):
-        policy = {policy}
-    if isinstance(policy, (set, frozenset, list, tuple)):
-        classes = tuple(policy)
-        wrong = [c for c in classes if not (isinstance(c, type) and issubclass(c, nn.Module))]
-        if not classes or wrong:
-            raise StrategyError(
-                f"auto_wrap_policy as a collection must hold torch.nn.Module subclasses (e.g. {{nn.Linear}}), "
-                f"got {policy!r}"
-            )
-        return _ClassPolicy(classes)
-    if callable(policy):
-        return policy
-    raise StrategyError(
-        f"auto_wrap_policy must be None, a set of module classes (each instance is sharded on its own, "
-        f"e.g. {{nn.TransformerEncoderLayer}}) or a callable(module) -> bool, got {policy!r}"
-    )
-
-
-class _ClassPolicy:
-    """``auto_wrap_policy`` given as module classes: a picklable ``isinstance`` test."""
-
-    def __init__(self, classes: tuple[type[nn.Module], ...]) -> None:
-        self.classes = classes
-
-    def __call__(self, module: nn.Module) -> bool:
-        return isinstance(module, self.classes)
 
 
 class FSDPStrategy(ParallelStrategy):
@@ -129,9 +82,9 @@ class FSDPStrategy(ParallelStrategy):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        fsdp = _import_fsdp()
+        fsdp = import_fsdp()
         options = self._backend_kwargs
-        self._wrap_policy = _wrap_predicate(options.pop("auto_wrap_policy", None))
+        self._wrap_policy = wrap_predicate(options.pop("auto_wrap_policy", None))
         reshard = options.pop("reshard_after_forward", None)
         if reshard is not None and not isinstance(reshard, bool):
             raise StrategyError(f"reshard_after_forward must be True, False or None, got {reshard!r}")
@@ -220,7 +173,7 @@ class FSDPStrategy(ParallelStrategy):
         has no effect here. A module that is already an ``FSDPModule`` (sharded by the user) is
         kept as it is.
         """
-        fsdp = _import_fsdp()
+        fsdp = import_fsdp()
         module = self.precision.convert_module(module)
         if not isinstance(module, fsdp.FSDPModule):
             kwargs: dict[str, Any] = {
@@ -254,13 +207,13 @@ class FSDPStrategy(ParallelStrategy):
         """
         names = {id(param): name for name, param in module.named_parameters()}
         # Everything that can be refused is checked before the module is sharded (in place).
-        plans = [_optimizer_plan(opt, index, names) for index, opt in enumerate(optimizers)]
-        defaults = [_constructor_defaults(opt, index) for index, opt in enumerate(optimizers)]
+        plans = [optimizer_plan(opt, index, names) for index, opt in enumerate(optimizers)]
+        defaults = [constructor_defaults(opt, index) for index, opt in enumerate(optimizers)]
         module = self.setup_module(module, move_to_device=move_to_device)
         sharded = dict(module.named_parameters())
         rebuilt = []
         for opt, groups, kwargs in zip(optimizers, plans, defaults):
-            new = _rebuild_optimizer(opt, groups, kwargs, sharded)
+            new = rebuild_optimizer(opt, groups, kwargs, sharded)
             self._optimizer_modules[new] = module
             rebuilt.append(new)
         return module, rebuilt
@@ -285,7 +238,7 @@ class FSDPStrategy(ParallelStrategy):
         sharded ``.grad`` is not updated inside; the next backward outside the context reduces the
         accumulated sum (mean over processes) into it. Costs the memory of unsharded gradients.
         """
-        fsdp = _import_fsdp()
+        fsdp = import_fsdp()
         if not isinstance(module, fsdp.FSDPModule):
             raise StrategyError(
                 f"no_backward_sync needs the module returned by setup_module (an FSDPModule), "
@@ -335,7 +288,7 @@ class FSDPStrategy(ParallelStrategy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         module = self._module_of(optimizer)
-        state_dict = _named_optimizer_state(optimizer, module, state_dict)
+        state_dict = named_optimizer_state(optimizer, module, state_dict)
         set_optimizer_state_dict(
             module,
             optimizer,
@@ -353,7 +306,7 @@ class FSDPStrategy(ParallelStrategy):
         ``"full"``: rank 0 gathers the full state dicts and writes one file, like DDP does.
         """
         if self._state_dict_type == "full":
-            converted = _map_state(state, (), self._full_module_state, self._full_optimizer_state)
+            converted = saved_form(state, self._full_module_state, self._full_optimizer_state)
             if self.is_global_zero:
                 self.checkpoint_io.save_checkpoint(converted, path)
             self.barrier("save_checkpoint")
@@ -371,18 +324,18 @@ class FSDPStrategy(ParallelStrategy):
         def module_slot(module: nn.Module, where: tuple[Any, ...]) -> dict[str, Any]:
             from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-            slot = _slot_name(where)
+            slot = slot_name(where)
             slots[slot] = get_model_state_dict(module)
-            return {_MARKER: slot, "kind": "module"}
+            return {MARKER: slot, "kind": "module"}
 
         def optimizer_slot(optimizer: Optimizer, where: tuple[Any, ...]) -> dict[str, Any]:
             from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-            slot = _slot_name(where)
+            slot = slot_name(where)
             slots[slot] = get_optimizer_state_dict(self._module_of(optimizer), optimizer)
-            return {_MARKER: slot, "kind": "optimizer"}
+            return {MARKER: slot, "kind": "optimizer"}
 
-        meta = _map_state(state, (), module_slot, optimizer_slot)
+        meta = saved_form(state, module_slot, optimizer_slot)
         if self.is_global_zero:
             directory.mkdir(parents=True, exist_ok=True)
         self.barrier("save_checkpoint")
@@ -424,46 +377,39 @@ class FSDPStrategy(ParallelStrategy):
                 "not a sharded checkpoint, or one whose saving did not finish"
             )
         meta = self._read_meta(directory, weights_only)
-        full = _FullLoader(directory)
+        full = FullLoader(directory)
         if state is None:
-            return move_to_device(_resolve_markers(meta, full), self.root_device)
-        if not isinstance(meta, dict):
-            raise CheckpointError(
-                f"{os.fspath(path)!r} holds a {type(meta).__name__}, not a dict: it cannot be loaded into "
-                f"the state {sorted(state)}; load it without `state` instead"
-            )
-        missing = sorted(set(state) - set(meta))
-        if missing:
-            raise CheckpointError(
-                f"{os.fspath(path)!r} has no entries {missing} that the state to load asks for; it has {sorted(meta)}"
-            )
+            return move_to_device(resolve_markers(meta, full), self.root_device)
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        rest = dict(meta)
         templates: dict[str, Any] = {}
         targets: list[tuple[str, nn.Module | Optimizer]] = []
-        for key, target in state.items():
-            value = rest.pop(key)
-            if not isinstance(target, (nn.Module, Optimizer)):
-                state[key] = move_to_device(_resolve_markers(value, full), self.root_device)
-                continue
+
+        def template(target: nn.Module | Optimizer, value: Any) -> None:
+            # Each process reads only the slices of its shards: DCP loads into these templates.
             kind = "module" if isinstance(target, nn.Module) else "optimizer"
-            slot = _marker_slot(value, kind)
+            slot = marker_slot(value, kind)
             if slot is None:
+                key = next(k for k, v in state.items() if v is target)
                 raise CheckpointError(
                     f"entry {key!r} of {os.fspath(path)!r} is not a saved {kind} state, so it cannot be loaded "
                     f"into the {type(target).__name__} given for it"
                 )
             if isinstance(target, nn.Module):
-                templates[slot] = get_model_state_dict(target)  # sharded: DCP loads each process's slices
+                templates[slot] = get_model_state_dict(target)
             else:
                 templates[slot] = get_optimizer_state_dict(self._module_of(target), target)
             targets.append((slot, target))
+
+        def value(saved: Any) -> Any:
+            return move_to_device(resolve_markers(saved, full), self.root_device)
+
+        rest = restore_state(path, meta, state, template, template, value)
         if templates:
             dcp.load(templates, checkpoint_id=directory)
         self._apply_templates(targets, templates)
-        return move_to_device(_resolve_markers(rest, full), self.root_device)
+        return value(rest)
 
     def _apply_templates(
         self, targets: list[tuple[str, nn.Module | Optimizer]], templates: dict[str, Any]
@@ -489,41 +435,7 @@ class FSDPStrategy(ParallelStrategy):
         planner_data = metadata.planner_data or {}
         keys = {path[0] for path in planner_data.values()} if planner_data else set()
         keys |= {fqn.split(".")[0] for fqn in metadata.state_dict_metadata if fqn not in planner_data}
-        return {key: {_MARKER: key, "kind": None} for key in sorted(keys)}
-
-
-class _FullLoader:
-    """Reads a whole DCP directory into memory on first use (full tensors), for entries asked for as values."""
-
-    def __init__(self, directory: Path) -> None:
-        self._directory = directory
-        self._state: dict[str, Any] | None = None
-
-    def __getitem__(self, slot: str) -> Any:
-        if self._state is None:
-            self._state = _read_full_dcp(self._directory)
-        return self._state[slot]
-
-
-def _read_full_dcp(directory: Path) -> dict[str, Any]:
-    """Every entry of a DCP directory as full tensors, in this process only (no collective)."""
-    try:  # what torch's dcp_to_torch_save does, in memory
-        from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-    except ImportError:  # pragma: no cover - private names moved: go through a file
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-        with tempfile.TemporaryDirectory() as tmp:
-            target = Path(tmp) / "full.pt"
-            dcp_to_torch_save(directory, target)
-            loaded: dict[str, Any] = torch.load(target, map_location="cpu", weights_only=True)
-            return loaded
-    state: dict[str, Any] = {}
-    _load_state_dict(
-        state, storage_reader=FileSystemReader(directory), planner=_EmptyStateDictLoadPlanner(), no_dist=True
-    )
-    return state
+        return {key: {MARKER: key, "kind": None} for key in sorted(keys)}
 
 
 @contextlib.contextmanager
@@ -533,158 +445,3 @@ def _no_gradient_sync(module: Any) -> Iterator[None]:
         yield
     finally:
         module.set_requires_gradient_sync(True)
-
-
-def _slot_name(where: tuple[Any, ...]) -> str:
-    return "/".join(str(part) for part in where) or "state"
-
-
-def _marker_slot(value: Any, kind: str) -> str | None:
-    if isinstance(value, dict) and _MARKER in value and value.get("kind") in (kind, None):
-        return str(value[_MARKER])
-    return None
-
-
-def _resolve_markers(value: Any, full: _FullLoader) -> Any:
-    """``value`` with every sharded-state marker replaced by that module's/optimizer's full state dict."""
-    if isinstance(value, dict):
-        if _MARKER in value:
-            return full[str(value[_MARKER])]
-        return {key: _resolve_markers(item, full) for key, item in value.items()}
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(_resolve_markers(item, full) for item in value)
-    return value
-
-
-def _map_state(
-    state: Any,
-    where: tuple[Any, ...],
-    on_module: Callable[[nn.Module, tuple[Any, ...]], Any],
-    on_optimizer: Callable[[Optimizer, tuple[Any, ...]], Any],
-) -> Any:
-    """``state`` with modules and optimizers (in dicts, lists and tuples) replaced by ``on_*(obj, path)``."""
-    if isinstance(state, nn.Module):
-        return on_module(state, where)
-    if isinstance(state, Optimizer):
-        return on_optimizer(state, where)
-    if isinstance(state, dict):
-        return {
-            key: _map_state(value, (*where, key), on_module, on_optimizer) for key, value in state.items()
-        }
-    if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):
-        return type(state)(
-            _map_state(value, (*where, index), on_module, on_optimizer) for index, value in enumerate(state)
-        )
-    return state
-
-
-def _has_stepped(optimizer: Optimizer) -> bool:
-    # State from construction (e.g. Adagrad's sums, with step 0) is rebuilt by the constructor;
-    # state with a non-zero step, or without a step count (momentum buffers), comes from steps.
-    for per_param in optimizer.state.values():
-        step = per_param.get("step") if isinstance(per_param, dict) else None
-        if step is None:
-            if per_param:
-                return True
-        elif float(step) != 0.0:
-            return True
-    return False
-
-
-def _optimizer_plan(
-    optimizer: Optimizer, index: int, names: dict[int, str]
-) -> list[tuple[dict[str, Any], list[str]]]:
-    """Each param group's hyperparameters and parameter names; refuses what cannot be rebuilt."""
-    label = f"optimizer {index} ({type(optimizer).__name__})"
-    if _has_stepped(optimizer):
-        raise StrategyError(
-            f"{label} has already stepped (it holds optimizer state); FSDP rebuilds optimizers over the sharded "
-            "parameters, which would lose that state: set up the model and optimizer before the first step, "
-            "and restore a checkpoint with load(path, state) after setup"
-        )
-    plan = []
-    for group in optimizer.param_groups:
-        unknown = [tuple(p.shape) for p in group["params"] if id(p) not in names]
-        if unknown:
-            raise StrategyError(
-                f"{label} holds {len(unknown)} parameter(s) that are not in the module being set up "
-                f"(shapes {unknown[:3]}); FSDP rebuilds each optimizer over its module's sharded parameters, so "
-                "give setup() the module whose parameters the optimizer holds (one model per setup call)"
-            )
-        hyper = {key: value for key, value in group.items() if key != "params"}
-        plan.append((hyper, [names[id(p)] for p in group["params"]]))
-    return plan
-
-
-def _constructor_defaults(optimizer: Optimizer, index: int) -> dict[str, Any]:
-    """The ``defaults`` to rebuild ``optimizer`` with: those its constructor takes (checked before sharding).
-
-    Every param group carries all of its hyperparameters, so the defaults only matter for groups
-    added later (and AdamW's defaults hold a key its constructor lacks).
-    """
-    cls = type(optimizer)
-    try:
-        parameters = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self, params
-    except (TypeError, ValueError):  # pragma: no cover - a constructor without a signature
-        return dict(optimizer.defaults)
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-    names = {p.name for p in parameters}
-    required = [
-        p.name
-        for p in parameters
-        if p.default is inspect.Parameter.empty
-        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        and p.name not in optimizer.defaults
-    ]
-    if required:
-        raise StrategyError(
-            f"optimizer {index} ({cls.__name__}) cannot be rebuilt over the sharded parameters: its constructor "
-            f"needs {required}, which are not in its `defaults`; FSDP rebuilds optimizers as "
-            f"{cls.__name__}(param_groups, **defaults)"
-        )
-    return {k: v for k, v in optimizer.defaults.items() if takes_any or k in names}
-
-
-def _rebuild_optimizer(
-    optimizer: Optimizer,
-    plan: list[tuple[dict[str, Any], list[str]]],
-    defaults: dict[str, Any],
-    sharded: dict[str, nn.Parameter],
-) -> Optimizer:
-    cls = type(optimizer)
-    groups = [{**hyper, "params": [sharded[name] for name in names]} for hyper, names in plan]
-    try:
-        return cls(groups, **defaults)
-    except Exception as exc:
-        raise StrategyError(
-            f"could not rebuild the {cls.__name__} over the sharded parameters as {cls.__name__}(param_groups, "
-            f"**defaults) with defaults {sorted(defaults)}: {exc}"
-        ) from exc
-
-
-def _named_optimizer_state(
-    optimizer: Optimizer, module: nn.Module, state_dict: dict[str, Any]
-) -> dict[str, Any]:
-    """An optimizer state dict keyed by parameter index (``optimizer.state_dict()``) re-keyed by parameter name."""
-    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-    if not isinstance(groups, list) or all(isinstance(p, str) for g in groups for p in g.get("params", ())):
-        return state_dict
-    shape = [len(g["params"]) for g in optimizer.param_groups]
-    saved_shape = [len(g.get("params", ())) for g in groups]
-    if shape != saved_shape:
-        raise CheckpointError(
-            f"the optimizer state dict has param groups of sizes {saved_shape}, but the "
-            f"{type(optimizer).__name__} has {shape}: it belongs to another model or optimizer"
-        )
-    names = {id(param): name for name, param in module.named_parameters()}
-    index_to_name = {
-        index: names[id(param)]
-        for saved, current in zip(groups, optimizer.param_groups)
-        for index, param in zip(saved["params"], current["params"])
-    }
-    return {
-        "state": {index_to_name[index]: value for index, value in state_dict.get("state", {}).items()},
-        "param_groups": [
-            {**group, "params": [index_to_name[i] for i in group["params"]]} for group in groups
-        ],
-    }

@@ -14,13 +14,11 @@ import torch.multiprocessing as mp
 
 from lite_devices import move_to_device
 from lite_strategies._errors import ProcessFailedError, StrategyError
-from lite_strategies._launcher import start_parent_watchdog
-from lite_strategies._spawn_launcher import MAIN_GUARD_MESSAGE
+from lite_strategies.launchers._base import start_parent_watchdog
+from lite_strategies.launchers._spawn import MAIN_GUARD_MESSAGE, START_METHODS
 
 if TYPE_CHECKING:
     from lite_strategies._strategy import Strategy
-
-XLA_START_METHODS = ("spawn", "fork")
 
 
 class XLALauncher:
@@ -35,10 +33,10 @@ class XLALauncher:
     """
 
     def __init__(self, strategy: Strategy, start_method: str = "spawn") -> None:
-        if start_method not in XLA_START_METHODS:
+        if start_method not in START_METHODS:
             raise StrategyError(
                 f"start_method={start_method!r} is not one torch_xla's launcher takes; accepted: "
-                f"{', '.join(map(repr, XLA_START_METHODS))}"
+                f"{', '.join(map(repr, START_METHODS))}"
             )
         self._strategy = strategy
         self.start_method = start_method

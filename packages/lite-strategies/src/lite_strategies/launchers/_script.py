@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -12,13 +13,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lite_strategies._errors import ProcessFailedError, StrategyError
-from lite_strategies._launcher import (
+from lite_strategies.launchers._base import (
     PARENT_PID_VAR,
     describe_exit,
     rank_environment,
     run_in_this_process,
     stop_processes,
 )
+from lite_strategies.launchers._join import is_peer_error
 
 if TYPE_CHECKING:
     from lite_strategies._strategy import Strategy
@@ -69,7 +71,9 @@ class ScriptLauncher:
     the function. When the cluster environment creates the processes (torchrun, SLURM's
     srun, MPI) nothing is started. If a child fails, the others are stopped and this process
     raises :class:`ProcessFailedError` naming the rank (or exits non-zero within a few seconds
-    when it cannot raise, e.g. while blocked outside Python).
+    when it cannot raise, e.g. while blocked outside Python). SIGINT (Ctrl-C) stops the whole
+    run within seconds, even while this process is blocked in a collective, where Python cannot
+    run its handler: a thread woken by the signal stops the children, which ends the collective.
     """
 
     is_interactive_compatible = False
@@ -102,11 +106,18 @@ class ScriptLauncher:
             raise
         self._watcher = watcher = _ChildWatcher(children)
         watcher.start()
+        if children:
+            _InterruptStopper(watcher).install()
         try:
             strategy.setup_environment()
             return fn(*args, **kwargs)
         except BaseException as exc:
             watcher.handled = True
+            if watcher.interrupted:
+                stop_processes(list(children.values()))
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                raise KeyboardInterrupt from exc
             # A collective fails at once when a peer dies, often before the peer has finished
             # exiting: give the watcher longer to see which rank it was in that case.
             failure = watcher.wait_for_failure(FAILURE_GRACE_S if _peer_error(exc) else 1.0)
@@ -117,10 +128,7 @@ class ScriptLauncher:
 
 
 def _peer_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        word in text for word in ("connection closed", "connection reset", "peer", "broken pipe")
-    )
+    return isinstance(exc, RuntimeError) and is_peer_error(f"{type(exc).__name__}: {exc}")
 
 
 class _ChildWatcher:
@@ -129,6 +137,7 @@ class _ChildWatcher:
     def __init__(self, children: dict[int, subprocess.Popen[bytes]]) -> None:
         self.children = children
         self.handled = False  # the main thread is raising on its own
+        self.interrupted = False  # SIGINT: the children are stopped on purpose, not failing
         self.failure: ProcessFailedError | None = None
         self._failed = threading.Event()
 
@@ -140,7 +149,7 @@ class _ChildWatcher:
         while not self._failed.is_set():
             for rank, proc in self.children.items():
                 code = proc.poll()
-                if code is not None and code != 0:
+                if code is not None and code != 0 and not self.interrupted:
                     self._fail(rank, code)
                     break
             if all(p.poll() is not None for p in self.children.values()):
@@ -181,3 +190,78 @@ class _ChildWatcher:
             self.handled = True
             print(f"[lite_strategies] {self.failure}", file=sys.stderr, flush=True)
             os._exit(1)
+
+
+class _InterruptStopper:
+    """On SIGINT, stop the children when the main thread cannot: it may be blocked in C++ (a collective).
+
+    Python runs its SIGINT handler only when the main thread is back in the interpreter; a
+    collective waiting for a peer never returns there. ``signal.set_wakeup_fd`` makes the
+    C-level handler write the signal number to a pipe, which wakes a thread here. If the main
+    thread has not started handling the ``KeyboardInterrupt`` within a moment, the thread stops
+    the children, which fails the collective (its peers are gone), so that the main thread runs
+    Python again and raises. If it is still stuck at the same place after :data:`FAILURE_GRACE_S`,
+    the process exits.
+    Only the default SIGINT handler is served this way, and only when no one else uses the wakeup fd.
+    """
+
+    def __init__(self, watcher: _ChildWatcher) -> None:
+        self._watcher = watcher
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return  # ignored (a background job) or the user's own handler: leave it alone
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        try:
+            previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        except ValueError:
+            previous = None
+        if previous != -1:  # another user of the wakeup fd (e.g. asyncio) keeps it
+            if previous is not None:
+                signal.set_wakeup_fd(previous)
+            os.close(read_fd)
+            os.close(write_fd)
+            return
+        threading.Thread(target=self._run, args=(read_fd,), name="lite-interrupt", daemon=True).start()
+
+    def _run(self, read_fd: int) -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGINT in data and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._stop()
+
+    def _stop(self) -> None:
+        watcher = self._watcher
+        watcher.interrupted = True
+        if _wait_until(lambda: watcher.handled, 1.0):
+            return  # the main thread is in Python and handles the KeyboardInterrupt itself
+        print("[lite_strategies] interrupted: stopping the other processes", file=sys.stderr, flush=True)
+        stop_processes(list(watcher.children.values()))
+        before = _main_thread_position()
+        if _wait_until(lambda: watcher.handled, FAILURE_GRACE_S) or _main_thread_position() != before:
+            return  # raising, or running Python (e.g. the user's own KeyboardInterrupt handling)
+        print("[lite_strategies] interrupted: rank 0 does not respond; exiting", file=sys.stderr, flush=True)
+        os._exit(128 + signal.SIGINT)
+
+
+def _main_thread_position() -> tuple[int, int] | None:
+    """Where the main thread is (its innermost frame and instruction): unchanged while it is blocked in C."""
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    return None if frame is None else (id(frame), frame.f_lasti)
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True

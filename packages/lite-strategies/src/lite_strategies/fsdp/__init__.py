@@ -1,0 +1,7 @@
+"""The 'fsdp' strategy: torch FSDP2 (``fully_shard``) with sharded checkpoints."""
+
+from __future__ import annotations
+
+from lite_strategies.fsdp._strategy import META_FILE, FSDPStrategy
+
+__all__ = ["META_FILE", "FSDPStrategy"]
