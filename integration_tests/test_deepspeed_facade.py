@@ -159,6 +159,14 @@ def test_deepspeed_save_then_resume_gives_the_same_next_loss(tmp_path: Path, str
     assert full["step"] == save_at and "optimizer" not in full
     model = make_model()
     model.load_state_dict(full["model"])
+    # The facade's helper writes just the model's state dict, which torch alone loads.
+    from lite_facade.consolidate import consolidate_checkpoint
+
+    consolidate_checkpoint(checkpoint, tmp_path / "model.pt")
+    plain = make_model()
+    plain.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    for actual, expected in zip(plain.state_dict().values(), full["model"].values()):
+        torch.testing.assert_close(actual, expected.float(), rtol=0, atol=0)
 
 
 def test_deepspeed_clip_gradients_points_to_the_config(ddp: dict[str, Any]) -> None:

@@ -54,7 +54,12 @@ class Trainer(LightningLite):
     """Adam on a small MLP; optionally saves after ``save_at`` steps or resumes from ``resume``."""
 
     def run(
-        self, save: str | None = None, save_at: int = 0, resume: str | None = None, clip: float | None = None
+        self,
+        save: str | None = None,
+        save_at: int = 0,
+        resume: str | None = None,
+        clip: float | None = None,
+        save_end: str | None = None,
     ) -> dict[str, Any]:
         model = make_model()
         optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
@@ -78,6 +83,8 @@ class Trainer(LightningLite):
                 norms.append(float(norm))
             optimizer.step()
             optimizer.zero_grad()
+        if save_end is not None:
+            self.save({"model": model, "optimizer": optimizer, "step": STEPS}, save_end)
         return {"losses": losses, "params": full_parameters(model), "step": state["step"], "norms": norms}
 
 
@@ -125,3 +132,27 @@ def test_fsdp_clip_gradients_clips_by_the_norm_over_all_shards() -> None:
         assert result["losses"] == pytest.approx(ddp["losses"], rel=1e-5, abs=1e-6)
         for actual, expected in zip(result["params"], ddp["params"]):
             torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+
+
+def test_a_sharded_checkpoint_consolidates_into_a_file_that_torch_alone_loads(tmp_path: Path) -> None:
+    from lite_facade.consolidate import consolidate_checkpoint, main
+
+    checkpoint = tmp_path / "ckpt"
+    result = run_processes(_run, 2, "fsdp", "32-true", {"save_end": str(checkpoint)}, init=False, timeout=TIMEOUT)[0]
+    assert (checkpoint / ".metadata").is_file()
+    out = tmp_path / "model.pt"
+    assert main([str(checkpoint), str(out)]) == 0  # the only model entry is found by itself
+    plain = make_model()
+    plain.load_state_dict(torch.load(out, weights_only=True))  # torch alone, strict keys
+    for actual, expected in zip(plain.parameters(), result["params"]):
+        torch.testing.assert_close(actual.detach(), expected, rtol=0, atol=0)
+    assert consolidate_checkpoint(checkpoint, key="model").keys() == plain.state_dict().keys()
+    with pytest.raises(ValueError, match="not a model's state dict"):
+        consolidate_checkpoint(checkpoint, key="optimizer")
+
+
+def test_a_sharded_checkpoint_refuses_a_url_before_writing_anything() -> None:
+    from lite_strategies import CheckpointError, FSDPStrategy
+
+    with pytest.raises(CheckpointError, match="state_dict_type='full'"):
+        FSDPStrategy().save_checkpoint("memory://bucket/ckpt", {"step": 1})

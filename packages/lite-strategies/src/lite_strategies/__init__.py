@@ -29,13 +29,14 @@ if TYPE_CHECKING:
     from lite_strategies._sharded import DDPShardedSpawnStrategy, DDPShardedStrategy
     from lite_strategies._xla import XLAStrategy
     from lite_strategies.deepspeed import DeepSpeedStrategy, consolidate_deepspeed_checkpoint
-    from lite_strategies.fsdp import FSDPStrategy
+    from lite_strategies.fsdp import FSDPStrategy, consolidate_fsdp_checkpoint
 
 # public name -> the module that defines it, imported on first access (PEP 562)
 _LAZY = {
     "DeepSpeedStrategy": "lite_strategies.deepspeed",
     "consolidate_deepspeed_checkpoint": "lite_strategies.deepspeed",
     "FSDPStrategy": "lite_strategies.fsdp",
+    "consolidate_fsdp_checkpoint": "lite_strategies.fsdp",
     "DDPShardedStrategy": "lite_strategies._sharded",
     "DDPShardedSpawnStrategy": "lite_strategies._sharded",
     "XLAStrategy": "lite_strategies._xla",
@@ -66,6 +67,7 @@ __all__ = [
     "XLAStrategy",
     "build_registry",
     "consolidate_deepspeed_checkpoint",
+    "consolidate_fsdp_checkpoint",
     "get_strategy_spec",
     "map_state",
     "unwrap_module",

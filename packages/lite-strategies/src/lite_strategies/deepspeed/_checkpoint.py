@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from lite_strategies._checkpoint_io import is_url
 from lite_strategies._errors import CheckpointError
 from lite_strategies._state import check_checkpoint, state_leaves
 
@@ -33,6 +34,12 @@ def holds_engines(strategy: DeepSpeedStrategy, state: Any) -> bool:
 def save_engines(strategy: DeepSpeedStrategy, path: _PathLike, state: dict[str, Any]) -> None:
     """See :meth:`DeepSpeedStrategy.save_checkpoint`."""
     engines, optimizers, plain = split_state(strategy, state, "save")
+    if is_url(path):
+        raise CheckpointError(
+            f"{os.fspath(path)!r} is a URL, but a DeepSpeed checkpoint (a directory written by every process "
+            "with DeepSpeed's own writer) goes to a local or shared filesystem path only; save there, then "
+            "consolidate_deepspeed_checkpoint() it into one file if you need to upload it"
+        )
     directory = Path(path)
     if directory.is_file():
         raise CheckpointError(

@@ -3,6 +3,7 @@ module's and optimizer's entry is a marker naming its slot in the shards."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,35 @@ def named_optimizer_state(
             {**group, "params": [index_to_name[i] for i in group["params"]]} for group in groups
         ],
     }
+
+
+def consolidate_fsdp_checkpoint(path: str | os.PathLike[str], output_file: str | os.PathLike[str] | None = None) -> Any:
+    """The state a sharded FSDP checkpoint directory holds, with every module and optimizer as a full state dict.
+
+    Reads every shard in this one process (no process group, no GPU needed). Modules come back
+    with the original module's parameter names, so ``model.load_state_dict(state["model"])``
+    works on the plain, unwrapped model. With ``output_file`` the result is also written there
+    (atomically, with ``torch.save``): a file ``torch.load`` and every strategy can read.
+
+    >>> state = consolidate_fsdp_checkpoint("ckpt/", "ckpt.pt")  # doctest: +SKIP
+    >>> model.load_state_dict(state["model"])  # doctest: +SKIP
+    """
+    from lite_strategies._checkpoint_io import TorchCheckpointIO
+
+    directory = Path(path)
+    if not (directory / ".metadata").is_file():
+        raise CheckpointError(
+            f"{os.fspath(path)!r} is not a sharded FSDP checkpoint directory (it has no torch.distributed.checkpoint "
+            "'.metadata' file)"
+        )
+    full = FullLoader(directory)
+    meta_path = directory / META_FILE
+    if meta_path.is_file():
+        meta = TorchCheckpointIO().load_checkpoint(meta_path, map_location="cpu")
+        result = resolve_markers(meta, full)
+    else:  # written by other code: its top-level DCP keys are the entries
+        result = _read_full_dcp(directory)
+    if output_file is not None:
+        TorchCheckpointIO().save_checkpoint(result, output_file)
+    return result
+

@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from lite_devices import move_to_device
+from lite_strategies._checkpoint_io import is_url
 from lite_strategies._errors import CheckpointError, StrategyError
 from lite_strategies._parallel import ParallelStrategy
 from lite_strategies._state import restore_state, saved_form
@@ -313,6 +314,13 @@ class FSDPStrategy(ParallelStrategy):
             return
         import torch.distributed.checkpoint as dcp
 
+        if is_url(path):
+            raise CheckpointError(
+                f"{os.fspath(path)!r} is a URL, but FSDP's sharded checkpoint (a torch.distributed.checkpoint "
+                "directory written by every process) goes to a local or shared filesystem path only; pass such "
+                "a path, or build the strategy with state_dict_type='full' to write one file, which can go to "
+                "any fsspec URL"
+            )
         directory = Path(path)
         if directory.is_file():
             raise CheckpointError(
