@@ -34,7 +34,7 @@ from lite_facade._build import build_strategy
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
 from lite_precision import PrecisionError
-from lite_strategies import StrategyError, map_state
+from lite_strategies import StrategyError, map_state, state_leaves, unwrap_module
 
 __all__ = ["LightningLite"]
 
@@ -226,7 +226,8 @@ class LightningLite(ABC):
         module, opts = self._strategy.setup_module_and_optimizers(
             model, list(optimizers), move_to_device=move_to_device
         )
-        wrapped = _LiteModule(module, self._precision, original_module=model)
+        # A torch.compile-d model runs compiled; its state dict keys are those of the module it compiled.
+        wrapped = _LiteModule(module, self._precision, original_module=unwrap_module(model))
         self._models.append(wrapped)
         if not optimizers:
             return wrapped
@@ -482,8 +483,7 @@ class LightningLite(ABC):
         targets = {key: _strategy_objects(value) for key, value in state.items()}
         rest = self._strategy.load_checkpoint(filepath, targets, weights_only=weights_only)
         for key, value in targets.items():
-            if not isinstance(value, (nn.Module, Optimizer)):
-                state[key] = value
+            state[key] = _write_back(state[key], value)
         if isinstance(rest, dict) and RNG_KEY in rest and RNG_KEY not in state:
             self._restore_rng_states(rest.pop(RNG_KEY), filepath)
         return rest
@@ -552,6 +552,38 @@ def _check_save_order(content: Any, filepath: Any) -> None:
             f"save(content, filepath): filepath must be a str or os.PathLike (a local path or an fsspec URL), "
             f"got {type(filepath).__name__}"
         )
+
+
+def _is_stateful(value: Any) -> bool:
+    return not isinstance(value, type) and (
+        callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None))
+    )
+
+
+def _write_back(original: Any, loaded: Any) -> Any:
+    """What an entry of the user's ``state`` becomes after a load: set-up and stateful objects stay (they
+    loaded in place), containers keep their identity with their plain values replaced."""
+    if _is_stateful(original):
+        return original
+    if not any(_is_stateful(leaf) for leaf in state_leaves(original)):
+        return loaded  # plain data: replaced whole by what was saved
+    if isinstance(original, dict) and isinstance(loaded, dict):
+        for key in list(original):
+            if key in loaded:
+                original[key] = _write_back(original[key], loaded[key])
+        return original
+    if (
+        isinstance(original, (list, tuple))
+        and not hasattr(original, "_fields")
+        and isinstance(loaded, (list, tuple))
+        and len(original) == len(loaded)
+    ):
+        values = [_write_back(o, v) for o, v in zip(original, loaded)]
+        if isinstance(original, list):
+            original[:] = values
+            return original
+        return type(original)(values)
+    return loaded
 
 
 def _strategy_objects(content: Any) -> Any:

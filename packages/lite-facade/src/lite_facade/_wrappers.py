@@ -111,7 +111,14 @@ class _LiteModule(nn.Module):
         return self._original_module.state_dict(*args, **kwargs)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """Load into the original module (keys as ``module.state_dict()`` names them)."""
+        """Load into the original module (keys as ``module.state_dict()`` names them).
+
+        A state dict saved from a ``torch.compile``-d module by plain torch (every key prefixed
+        with ``_orig_mod.``) loads too.
+        """
+        prefix = "_orig_mod."
+        if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
+            state_dict = type(state_dict)((k[len(prefix) :], v) for k, v in state_dict.items())
         return self._original_module.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def __getattr__(self, name: str) -> Any:

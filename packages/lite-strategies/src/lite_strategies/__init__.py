@@ -21,7 +21,7 @@ from lite_strategies._errors import CheckpointError, ProcessFailedError, Strateg
 from lite_strategies._parallel import ParallelStrategy
 from lite_strategies._registry import STRATEGIES, StrategySpec, build_registry, get_strategy_spec
 from lite_strategies._single_device import SingleDeviceStrategy
-from lite_strategies._state import map_state, unwrap_module
+from lite_strategies._state import map_state, state_leaves, unwrap_module
 from lite_strategies._strategy import Strategy
 from lite_strategies.launchers import Launcher, ScriptLauncher, SpawnLauncher
 
@@ -70,6 +70,7 @@ __all__ = [
     "consolidate_fsdp_checkpoint",
     "get_strategy_spec",
     "map_state",
+    "state_leaves",
     "unwrap_module",
 ]
 

@@ -11,6 +11,7 @@ DeepSpeed's engines).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -118,23 +119,63 @@ def restore_state(
     """
     check_checkpoint(path, checkpoint, state)
     rest = dict(checkpoint)
-    for key, target in state.items():
-        value = rest.pop(key)
+
+    def load_into(target: Any, saved: Any) -> Any:
+        """Load ``saved`` into ``target`` in place where it holds state; return what ``target`` becomes."""
         if isinstance(target, nn.Module):
-            load_module(target, value)
+            load_module(target, saved)
         elif isinstance(target, Optimizer):
-            load_optimizer(target, value)
+            load_optimizer(target, saved)
         elif is_stateful(target):
-            target.load_state_dict(value)
+            target.load_state_dict(saved)
+        elif isinstance(target, dict) and isinstance(saved, dict) and _holds_stateful(target):
+            for key in list(target):
+                if key in saved:
+                    target[key] = load_into(target[key], saved[key])
+        elif (
+            isinstance(target, (list, tuple))
+            and not hasattr(target, "_fields")
+            and isinstance(saved, (list, tuple))
+            and len(saved) == len(target)
+            and _holds_stateful(target)
+        ):
+            loaded = [load_into(t, v) for t, v in zip(target, saved)]
+            if isinstance(target, list):
+                target[:] = loaded
+            else:
+                return type(target)(loaded)
         else:
-            state[key] = value if load_value is None else load_value(value)
+            return saved if load_value is None else load_value(saved)
+        return target
+
+    for key, target in state.items():
+        state[key] = load_into(target, rest.pop(key))
     return rest
 
 
+def _holds_stateful(container: Any) -> bool:
+    """Whether a module, optimizer or other stateful object sits anywhere inside ``container``."""
+    return any(is_stateful(leaf) for leaf in state_leaves(container))
+
+
 def unwrap_module(module: nn.Module) -> nn.Module:
-    """The user's module inside DDP/DataParallel (and similar ``.module`` wrappers)."""
+    """The user's module inside DDP/DataParallel (and similar ``.module`` wrappers) and ``torch.compile``.
+
+    A compiled module's own ``state_dict`` prefixes every key with ``_orig_mod.``; the module it
+    compiled has the original keys, which is what checkpoints hold.
+    """
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-    while isinstance(module, (DistributedDataParallel, DataParallel)):
-        module = module.module
-    return module
+    while True:
+        if isinstance(module, (DistributedDataParallel, DataParallel)):
+            module = module.module
+        elif is_compiled(module):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def is_compiled(module: Any) -> bool:
+    """Whether ``module`` is what ``torch.compile(module)`` returned (checked without importing dynamo)."""
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    return dynamo is not None and isinstance(module, dynamo.OptimizedModule)
