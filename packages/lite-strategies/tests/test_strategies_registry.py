@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import lite_strategies
 from lite_strategies import STRATEGIES, StrategyError, StrategySpec, build_registry, get_strategy_spec
@@ -39,19 +41,57 @@ def test_unknown_name_lists_the_accepted_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "cls"),
+    ("name", "cls", "alias"),
     [
-        ("single_device", lite_strategies.SingleDeviceStrategy),
-        ("dp", lite_strategies.DataParallelStrategy),
-        ("ddp", lite_strategies.DDPStrategy),
-        ("ddp_spawn", lite_strategies.DDPSpawnStrategy),
-        ("ddp_fork", lite_strategies.DDPForkStrategy),
+        ("single_device", lite_strategies.SingleDeviceStrategy, None),
+        ("dp", lite_strategies.DataParallelStrategy, None),
+        ("ddp", lite_strategies.DDPStrategy, None),
+        # variants are rows over one class; the seed's class names stay as thin aliases
+        ("ddp_spawn", lite_strategies.DDPStrategy, lite_strategies.DDPSpawnStrategy),
+        ("ddp_fork", lite_strategies.DDPStrategy, lite_strategies.DDPForkStrategy),
     ],
 )
-def test_builtin_rows_load_their_class(name: str, cls: type) -> None:
+def test_builtin_rows_load_their_class(name: str, cls: type, alias: type | None) -> None:
+    # Changed by issue 14: ddp_spawn/ddp_fork load DDPStrategy (was: one class per row).
     spec = STRATEGIES[name]
     assert spec.load() is cls
-    assert cls.strategy_name == name  # the class finds its own row back
+    built = (
+        spec.build(devices=[torch.device("cpu")] * (1 if name in ("single_device", "dp") else 2))
+        if name != "dp"
+        else None
+    )
+    if built is not None:
+        assert type(built) is cls and built.strategy_name == name and built.spec is spec
+        assert built.launcher_kind == spec.launcher
+    if alias is not None:
+        assert issubclass(alias, cls) and alias.strategy_name == name  # the alias finds its row back
+        assert alias().launcher_kind == spec.launcher
+
+
+def test_a_variant_row_keeps_its_launcher_through_configured_and_pickle() -> None:
+    strategy = STRATEGIES["ddp_fork"].build()
+    clone = pickle.loads(pickle.dumps(strategy.configured(devices=[torch.device("cpu")] * 2)))
+    assert (clone.strategy_name, clone.launcher_kind, type(clone)) == (
+        "ddp_fork",
+        "fork",
+        lite_strategies.DDPStrategy,
+    )
+    assert isinstance(clone.launcher, lite_strategies.SpawnLauncher)
+
+
+def test_deepspeed_stage_rows_carry_init_kwargs_over_one_class() -> None:
+    rows = {name: spec for name, spec in STRATEGIES.items() if name.startswith("deepspeed")}
+    assert {spec.factory for spec in rows.values()} == {"lite_strategies._deepspeed:DeepSpeedStrategy"}
+    assert dict(rows["deepspeed_stage_3_offload"].init_kwargs) == {
+        "stage": 3,
+        "offload_optimizer": True,
+        "offload_parameters": True,
+    }
+    assert dict(rows["deepspeed_stage_1"].init_kwargs) == {"stage": 1}
+    from lite_strategies._deepspeed import DeepSpeedStage3OffloadStrategy, DeepSpeedStrategy
+
+    assert issubclass(DeepSpeedStage3OffloadStrategy, DeepSpeedStrategy)
+    assert DeepSpeedStage3OffloadStrategy.strategy_name == "deepspeed_stage_3_offload"
 
 
 @pytest.mark.parametrize(
@@ -85,11 +125,9 @@ def test_optional_backends_name_their_pip_extra(name: str, module: str, extra: s
     if importlib.util.find_spec(module) is None:
         with pytest.raises(StrategyError, match=rf"pip install 'lite-strategies\[{extra}\]'"):
             spec.load()
-    elif not spec.implemented:
-        with pytest.raises(StrategyError, match="not implemented yet in this release"):
-            spec.load()()
+        assert not spec.is_available()
     else:
-        assert spec.load().strategy_name == name
+        assert issubclass(spec.load(), lite_strategies.Strategy)
 
 
 def test_import_loads_no_optional_backend() -> None:

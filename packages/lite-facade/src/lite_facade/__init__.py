@@ -11,7 +11,7 @@ Lite(strategy="ddp", devices=2, accelerator="cpu").run()
 """
 
 from lite_data import seed_everything
-from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 from lite_facade._lite import LightningLite
+from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 
 __all__ = ["Inventory", "LightningLite", "LiteConfigurationError", "Plan", "resolve_plan", "seed_everything"]

@@ -1,15 +1,26 @@
 """Turn ``LightningLite``'s flags into a :class:`Plan`, or one error listing every problem.
 
-``resolve_plan`` is a pure function of the flags and an :class:`Inventory` (what this machine
-has, which optional backends import, which cluster environment was detected), so it is tested
-as a table of flags -> plan or error. It never rewrites a choice silently: the two rewrites kept
-for LightningLite compatibility (``dp`` on CPU runs as ``ddp``; ``precision=16`` on a CPU
-without float16 autocast runs as ``bf16-mixed``) are recorded in ``Plan.warnings``.
+``resolve_plan`` is a pure function of the flags and an :class:`Inventory` (everything it reads
+from the machine and the process, gathered once), in four named steps over the registries:
+:func:`_normalize` the flags, :func:`_choose_strategy`, :func:`_collect_problems` (from the
+strategy's registry row and the precision's ``unsupported_reason``), then build the ``Plan``.
+Nothing about a particular strategy is written here: adding one never edits this module.
+
+It never rewrites a choice silently. The rewrites kept for LightningLite compatibility are
+data, and each one made is a line of ``Plan.warnings`` (``LightningLite`` shows them once, on
+rank 0):
+
+- ``strategy='dp'`` on the CPU runs as ``'ddp'`` (the row's ``runs_as``);
+- a spawn/fork strategy under an external launcher (torchrun, SLURM, ...) runs as its script
+  twin in the processes that already exist (the row's ``runs_as_under_external_launcher``);
+- ``precision=16`` on a CPU without float16 autocast runs as ``'bf16-mixed'``
+  (:data:`PRECISION_FALLBACKS`).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import numbers
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,11 +29,27 @@ from typing import Any
 import torch
 
 from lite_collectives import ClusterEnvironment, detect_environment
-from lite_devices import ACCELERATORS, DeviceError, available_accelerators, get_accelerator, parse_devices
-from lite_precision import Precision, PrecisionError, canonical_precision, get_precision
-from lite_strategies import CheckpointIO, Strategy, StrategyError, get_strategy_spec
+from lite_devices import (
+    ACCELERATORS,
+    DeviceError,
+    DeviceSelection,
+    available_accelerators,
+    get_accelerator,
+    parse_devices,
+)
+from lite_precision import PRECISIONS, Precision, PrecisionError, canonical_precision
+from lite_strategies import (
+    CheckpointIO,
+    Strategy,
+    StrategyError,
+    StrategySpec,
+    default_strategy,
+    get_strategy_spec,
+    strategy_specs,
+)
 
-_OPTIONAL_MODULES = ("deepspeed", "fairscale", "torch_xla")
+#: (precision, device type) -> the precision that runs instead when the first cannot run there.
+PRECISION_FALLBACKS: Mapping[tuple[str, str], str] = {("16-mixed", "cpu"): "bf16-mixed"}
 
 
 class LiteConfigurationError(ValueError):
@@ -31,14 +58,19 @@ class LiteConfigurationError(ValueError):
 
 @dataclass(frozen=True)
 class Inventory:
-    """What the resolver may know about the machine and the process, gathered once.
+    """What the resolver may know about the machine and the process, gathered once by :meth:`detect`.
 
     Attributes:
         device_counts: canonical accelerator name -> how many devices of it this machine has.
-        installed: the optional backends that can be imported (``deepspeed``, ``fairscale``, ``torch_xla``).
+        installed: the optional backends usable here (module names: ``deepspeed``, ``fairscale``, ...).
         environment: the cluster environment detected from the environment variables.
         interactive: whether this runs in a notebook / interactive interpreter (no script to re-run).
         cpu_fp16_autocast: whether this torch can autocast to float16 on the CPU.
+        platform: ``sys.platform`` (Windows has no 'fork').
+        max_cpu_processes: the most CPU processes one node may run (8 per core).
+        unsupported_precisions: (precision, device type) -> why it cannot run, for this machine's devices.
+        checked: the optional modules looked for (None: every one a row may need). A row loaded
+            later (from an entry point) that needs another is left to the build to check.
     """
 
     device_counts: Mapping[str, int]
@@ -46,17 +78,40 @@ class Inventory:
     environment: ClusterEnvironment
     interactive: bool = False
     cpu_fp16_autocast: bool = True
+    platform: str = sys.platform
+    max_cpu_processes: int = 256
+    unsupported_precisions: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    checked: frozenset[str] | None = None
 
     @classmethod
     def detect(cls) -> Inventory:
         main = sys.modules.get("__main__")
+        types = {ACCELERATORS[name].device_type for name in available_accelerators()}
+        reasons = {
+            (name, t): reason
+            for name, mode in PRECISIONS.items()
+            for t in types
+            if (reason := mode.unsupported_reason(t)) is not None
+        }
+        # the rows known now; entry points load only when a strategy name is not found
+        wanted = {s.requires: s for s in strategy_specs(entry_points=False).values() if s.requires}
         return cls(
             device_counts={name: ACCELERATORS[name].device_count() for name in available_accelerators()},
-            installed=frozenset(m for m in _OPTIONAL_MODULES if importlib.util.find_spec(m) is not None),
+            installed=frozenset(module for module, spec in wanted.items() if spec.is_available()),
             environment=detect_environment(),
             interactive=bool(getattr(sys, "ps1", None)) or not hasattr(main, "__file__"),
-            cpu_fp16_autocast=_cpu_fp16_autocast(),
+            cpu_fp16_autocast=("16-mixed", "cpu") not in reasons,
+            platform=sys.platform,
+            max_cpu_processes=8 * (os.cpu_count() or 1),
+            unsupported_precisions=reasons,
+            checked=frozenset(wanted),
         )
+
+    def precision_problem(self, precision: str, device_type: str) -> str | None:
+        """Why ``precision`` cannot run on ``device_type`` here, or None."""
+        if (precision, device_type) == ("16-mixed", "cpu") and not self.cpu_fp16_autocast:
+            return f"torch {torch.__version__} has no float16 autocast on the CPU"
+        return self.unsupported_precisions.get((precision, device_type))
 
 
 @dataclass(frozen=True)
@@ -87,6 +142,20 @@ class Plan:
         return len(self.devices) * self.num_nodes
 
 
+@dataclass
+class _Flags:
+    """The flags after step 1: canonical names, or None where a problem was recorded."""
+
+    accelerator: str
+    devices: tuple[torch.device, ...]
+    selection: DeviceSelection | None
+    num_nodes: int
+    strategy: Any
+    precision: str | None
+    environment: ClusterEnvironment
+    plugins: dict[str, Any]
+
+
 def resolve_plan(
     *,
     accelerator: str | None = None,
@@ -100,258 +169,222 @@ def resolve_plan(
     inventory: Inventory,
 ) -> Plan:
     """Resolve the flags into a :class:`Plan`; raise :class:`LiteConfigurationError` listing every problem."""
-    errors: list[str] = []
+    problems: list[str] = []
     warnings: list[str] = []
-
-    environment, precision_plugin, checkpoint_io, plugin_strategy = _sort_plugins(plugins, errors)
-    environment = environment or inventory.environment
-    if plugin_strategy is not None:
-        if strategy is not None:
-            errors.append(
-                "a strategy was given both as `strategy=` and in `plugins`; pass it once, as `strategy=`"
-            )
-        strategy = plugin_strategy
-
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
-        errors.append(f"num_nodes={num_nodes!r}: must be an int >= 1 (the number of machines taking part)")
-        num_nodes = 1
-
-    selection = None
-    try:
-        selection = parse_devices(
-            devices,
-            "cpu" if accelerator is None and gpus is None and tpu_cores is None else accelerator or "auto",
-            gpus=gpus,
-            tpu_cores=tpu_cores,
-            device_counts=inventory.device_counts,
-        )
-    except DeviceError as err:
-        errors.append(str(err))
-    accelerator_name = selection.accelerator if selection else _accelerator_name(accelerator, gpus, tpu_cores)
-    device_list = selection.devices if selection else (torch.device("cpu"),)
-
-    strategy_name, strategy_object = _strategy_name(
-        strategy, accelerator_name, len(device_list), num_nodes, environment, inventory, errors
+    flags = _normalize(
+        accelerator, strategy, devices, num_nodes, precision, plugins, gpus, tpu_cores, inventory, problems
     )
-    # A default strategy chosen for devices that failed to parse would only add derived errors.
-    if strategy_name is not None and (selection is not None or strategy is not None):
-        strategy_name = _check_strategy(
-            strategy_name,
-            accelerator_name,
-            len(device_list),
-            num_nodes,
-            environment,
-            inventory,
-            errors,
-            warnings,
+    spec = _choose_strategy(flags, inventory, problems, warnings)
+    if spec is not None and (flags.selection is not None or flags.strategy is not None):
+        _collect_problems(flags, spec, inventory, problems, warnings)  # not for devices that failed to parse
+    if problems:
+        given = dict(
+            accelerator=accelerator, strategy=strategy, devices=devices, gpus=gpus, tpu_cores=tpu_cores
         )
-
-    precision_name = _precision_name(
-        precision, precision_plugin, accelerator_name, inventory, errors, warnings
-    )
-
-    if errors:
-        asked = _describe_flags(accelerator, strategy, devices, num_nodes, precision, gpus, tpu_cores)
+        given.update(
+            num_nodes=num_nodes if num_nodes != 1 else None, precision=precision if precision != 32 else None
+        )
+        asked = ", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None)
         raise LiteConfigurationError(
-            f"LightningLite({asked}) cannot run here:\n" + "\n".join(f"  - {e}" for e in errors)
+            f"LightningLite({asked}) cannot run here:\n" + "\n".join(f"  - {p}" for p in problems)
         )
-    assert strategy_name is not None and precision_name is not None
+    assert spec is not None and flags.precision is not None
     return Plan(
-        accelerator=accelerator_name,
-        devices=tuple(device_list),
-        num_nodes=num_nodes,
-        strategy=strategy_name,
-        precision=precision_name,
-        environment=environment,
-        strategy_object=strategy_object,
-        precision_plugin=precision_plugin,
-        checkpoint_io=checkpoint_io,
+        accelerator=flags.accelerator,
+        devices=flags.devices,
+        num_nodes=flags.num_nodes,
+        strategy=spec.name,
+        precision=flags.precision,
+        environment=flags.environment,
+        strategy_object=flags.strategy if isinstance(flags.strategy, Strategy) else None,
+        precision_plugin=flags.plugins.get("precision plugin"),
+        checkpoint_io=flags.plugins.get("checkpoint IO"),
         warnings=tuple(warnings),
     )
 
 
-def _sort_plugins(
-    plugins: Any, errors: list[str]
-) -> tuple[ClusterEnvironment | None, Precision | None, CheckpointIO | None, Strategy | None]:
-    if plugins is None:
-        return None, None, None, None
-    items = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-    kinds: dict[str, Any] = {}
-    for item in items:
-        for kind, cls in (
-            ("cluster environment", ClusterEnvironment),
-            ("precision plugin", Precision),
-            ("checkpoint IO", CheckpointIO),
-            ("strategy", Strategy),
-        ):
-            if isinstance(item, cls):
-                if kind in kinds:
-                    errors.append(
-                        f"plugins holds two {kind}s ({type(kinds[kind]).__name__} and {type(item).__name__}); "
-                        "pass one of each kind at most"
-                    )
-                kinds[kind] = item
-                break
-        else:
-            errors.append(
+_PLUGIN_KINDS = (
+    ("cluster environment", ClusterEnvironment),
+    ("precision plugin", Precision),
+    ("checkpoint IO", CheckpointIO),
+    ("strategy", Strategy),
+)
+
+
+def _normalize(
+    accelerator: Any, strategy: Any, devices: Any, num_nodes: Any, precision: Any, plugins: Any,
+    gpus: Any, tpu_cores: Any, inventory: Inventory, problems: list[str],
+) -> _Flags:  # fmt: skip
+    """Step 1: sort the plugins, check num_nodes, parse devices and precision into canonical values."""
+    found: dict[str, Any] = {}
+    for item in [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]:
+        kind = next((kind for kind, cls in _PLUGIN_KINDS if isinstance(item, cls)), None)
+        if kind is None:
+            problems.append(
                 f"plugins holds {item!r}, which is none of: a ClusterEnvironment, a precision plugin, "
                 "a CheckpointIO or a strategy object"
             )
-    return (
-        kinds.get("cluster environment"),
-        kinds.get("precision plugin"),
-        kinds.get("checkpoint IO"),
-        kinds.get("strategy"),
+        elif kind in found:
+            problems.append(
+                f"plugins holds two {kind}s ({type(found[kind]).__name__} and {type(item).__name__}); "
+                "pass one of each kind at most"
+            )
+        else:
+            found[kind] = item
+    if "strategy" in found:
+        if strategy is not None:
+            problems.append(
+                "a strategy was given both as `strategy=` and in `plugins`; pass it once, as `strategy=`"
+            )
+        strategy = found.pop("strategy")
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        problems.append(f"num_nodes={num_nodes!r}: must be an int >= 1 (the number of machines taking part)")
+        num_nodes = 1
+
+    selection = _parse_devices(devices, accelerator, gpus, tpu_cores, inventory, problems)
+    plugin = found.get("precision plugin")
+    name = None
+    try:
+        name = canonical_precision(precision)
+        if plugin is not None and precision != 32 and name != plugin.name:
+            problems.append(
+                f"precision={precision!r} and the precision plugin {plugin!r} disagree; pass one of them"
+            )
+    except PrecisionError as err:
+        problems.append(str(err))
+    return _Flags(
+        accelerator=selection.accelerator
+        if selection
+        else _fallback_accelerator(accelerator, gpus, tpu_cores),
+        devices=selection.devices if selection else (torch.device("cpu"),),
+        selection=selection,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=plugin.name if plugin is not None else name,
+        environment=found.get("cluster environment") or inventory.environment,
+        plugins=found,
     )
 
 
-def _accelerator_name(accelerator: str | None, gpus: Any, tpu_cores: Any) -> str:
-    if gpus is not None:
-        return "cuda"
-    if tpu_cores is not None:
-        return "xla"
+def _parse_devices(
+    devices: Any, accelerator: Any, gpus: Any, tpu_cores: Any, inventory: Inventory, problems: list[str]
+) -> DeviceSelection | None:
+    asked = devices if devices is not None else gpus if gpus is not None else tpu_cores
+    count = _int_or_none(asked)
+    most = max(inventory.max_cpu_processes, *inventory.device_counts.values())
+    if count is not None and count > most:  # refused before parsing builds one object per device
+        problems.append(
+            f"devices={asked!r}: this machine holds at most {most} (cpu: {inventory.max_cpu_processes} processes, "
+            + ", ".join(f"{k}: {v}" for k, v in inventory.device_counts.items() if k != "cpu")
+            + ")"
+        )
+        return None
+    if accelerator is None:
+        accelerator = "cpu" if gpus is None and tpu_cores is None else "auto"
+    try:
+        selection = parse_devices(
+            devices, accelerator, gpus=gpus, tpu_cores=tpu_cores, device_counts=inventory.device_counts
+        )
+    except DeviceError as err:
+        problems.append(str(err))
+        return None
+    if selection.accelerator == "cpu" and selection.num_devices > inventory.max_cpu_processes:
+        problems.append(
+            f"devices={asked!r}: {selection.num_devices} CPU processes is more than this machine holds "
+            f"({inventory.max_cpu_processes}, 8 per core)"
+        )
+        return None
+    return selection
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _fallback_accelerator(accelerator: Any, gpus: Any, tpu_cores: Any) -> str:
+    """An accelerator to check the strategy against when the devices did not parse."""
+    if gpus is not None or tpu_cores is not None:
+        return "cuda" if gpus is not None else "xla"
     try:
         return get_accelerator(accelerator or "cpu").name
     except DeviceError:
         return "cpu"
 
 
-def _strategy_name(
-    strategy: Any,
-    accelerator: str,
-    num_devices: int,
-    num_nodes: int,
-    environment: ClusterEnvironment,
-    inventory: Inventory,
-    errors: list[str],
-) -> tuple[str | None, Strategy | None]:
-    if isinstance(strategy, Strategy):
-        return type(strategy).strategy_name, strategy
-    if strategy is None:
-        if accelerator == "xla":  # one strategy runs one or many XLA devices
-            return "xla", None
-        if num_devices * num_nodes <= 1:
-            return "single_device", None
-        if environment.creates_processes_externally:
-            return "ddp", None
-        return ("ddp_fork" if inventory.interactive else "ddp_spawn"), None
-    if not isinstance(strategy, str):
-        errors.append(f"strategy={strategy!r}: expected a strategy name or a strategy object")
-        return None, None
-    try:
-        return get_strategy_spec(strategy).name, None
-    except StrategyError as err:
-        errors.append(str(err))
-        return None, None
-
-
-def _check_strategy(
-    name: str,
-    accelerator: str,
-    num_devices: int,
-    num_nodes: int,
-    environment: ClusterEnvironment,
-    inventory: Inventory,
-    errors: list[str],
-    warnings: list[str],
-) -> str:
-    spec = get_strategy_spec(name)
-    if name == "dp" and accelerator == "cpu":
-        # LightningLite ran this as DDP; keep running it, but say so.
-        warnings.append(
-            "strategy='dp' needs GPUs; on the CPU it runs as strategy='ddp' (as LightningLite did)."
+def _choose_strategy(
+    flags: _Flags, inventory: Inventory, problems: list[str], warnings: list[str]
+) -> StrategySpec | None:
+    """Step 2: the row of the strategy named, given as an object, or chosen by lite_strategies' default rules."""
+    external = flags.environment.creates_processes_externally
+    if isinstance(flags.strategy, Strategy):
+        return flags.strategy.spec
+    if flags.strategy is None:
+        if flags.selection is None:
+            return None  # a default for devices that failed to parse would only add derived errors
+        name = default_strategy(
+            accelerator=flags.accelerator,
+            world_size=flags.selection.num_devices * flags.num_nodes,
+            external_launcher=external,
+            interactive=inventory.interactive,
         )
-        spec = get_strategy_spec("ddp")
-    if spec.launcher in ("spawn", "fork") and environment.creates_processes_externally:
-        warnings.append(
-            f"strategy={spec.name!r} would start processes, but {type(environment).__name__} already started "
-            "them: running as strategy='ddp' in the existing processes."
-        )
-        spec = get_strategy_spec("ddp")
-    if accelerator not in spec.accelerators:
-        errors.append(
-            f"strategy={spec.name!r} does not run on accelerator={accelerator!r}; "
-            f"it runs on: {', '.join(spec.accelerators)}"
-        )
-    if not spec.implemented:
-        errors.append(
-            f"strategy={spec.name!r} is registered but not implemented in this release; "
-            "use 'ddp', 'ddp_spawn' or 'ddp_fork'"
-        )
-    if spec.requires and spec.requires not in inventory.installed:
-        errors.append(
-            f"strategy={spec.name!r} needs the {spec.requires!r} package, which is not installed: "
-            f"pip install 'lite-strategies[{spec.extra}]'"
-        )
-    if spec.max_devices is not None and num_devices > spec.max_devices:
-        errors.append(
-            f"strategy={spec.name!r} uses at most {spec.max_devices} device(s), but devices selected "
-            f"{num_devices}; use strategy='ddp' (or 'ddp_spawn'), or devices=1"
-        )
-    if num_devices < spec.min_devices:
-        errors.append(f"strategy={spec.name!r} needs at least {spec.min_devices} devices, got {num_devices}")
-    if not spec.multi_process and num_nodes > 1:
-        errors.append(
-            f"strategy={spec.name!r} runs in one process and cannot span num_nodes={num_nodes}; use strategy='ddp'"
-        )
-    if spec.launcher == "fork" and sys.platform == "win32":
-        errors.append(
-            f"strategy={spec.name!r} needs the 'fork' start method, which Windows lacks; use 'ddp_spawn'"
-        )
-    if (
-        inventory.interactive
-        and spec.launcher in ("script", "spawn")
-        and not environment.creates_processes_externally
-    ):
-        errors.append(
-            f"strategy={spec.name!r} cannot start processes from an interactive session (notebook/REPL); "
-            "use strategy='ddp_fork' (alias 'ddp_notebook') or run a script"
-        )
-    return spec.name
-
-
-def _precision_name(
-    precision: Any,
-    plugin: Precision | None,
-    accelerator: str,
-    inventory: Inventory,
-    errors: list[str],
-    warnings: list[str],
-) -> str | None:
-    if plugin is not None:
-        return plugin.name
-    try:
-        name = canonical_precision(precision)
-    except PrecisionError as err:
-        errors.append(str(err))
+        return get_strategy_spec(name)
+    if not isinstance(flags.strategy, str):
+        problems.append(f"strategy={flags.strategy!r}: expected a strategy name or a strategy object")
         return None
-    if name == "16-mixed" and accelerator == "cpu" and not inventory.cpu_fp16_autocast:
+    try:
+        spec = get_strategy_spec(flags.strategy)
+    except StrategyError as err:
+        problems.append(str(err))
+        return None
+    if flags.accelerator in spec.runs_as:
+        target = spec.runs_as[flags.accelerator]
         warnings.append(
-            "precision=16 needs float16 autocast, which this torch lacks on the CPU: using 'bf16-mixed' "
+            f"strategy={spec.name!r} does not run on {flags.accelerator!r}; it runs as strategy={target!r} "
             "(as LightningLite did)."
         )
-        return "bf16-mixed"
-    return name
+        spec = get_strategy_spec(target)
+    if external and spec.runs_as_under_external_launcher is not None:
+        target = spec.runs_as_under_external_launcher
+        warnings.append(
+            f"strategy={spec.name!r} would start processes, but {type(flags.environment).__name__} already "
+            f"started them: running as strategy={target!r} in the existing processes."
+        )
+        spec = get_strategy_spec(target)
+    return spec
 
 
-def _describe_flags(
-    accelerator: Any, strategy: Any, devices: Any, num_nodes: Any, precision: Any, gpus: Any, tpu_cores: Any
-) -> str:
-    given: Mapping[str, Any] = {
-        "accelerator": accelerator,
-        "strategy": strategy,
-        "devices": devices,
-        "num_nodes": num_nodes if num_nodes != 1 else None,
-        "precision": precision if precision != 32 else None,
-        "gpus": gpus,
-        "tpu_cores": tpu_cores,
-    }
-    return ", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None)
-
-
-def _cpu_fp16_autocast() -> bool:
-    try:
-        get_precision("16-mixed", device_type="cpu")
-    except PrecisionError:
-        return False
-    return True
+def _collect_problems(
+    flags: _Flags, spec: StrategySpec, inventory: Inventory, problems: list[str], warnings: list[str]
+) -> None:
+    """Step 3: the precision fallback, then every problem the row and the precision mode report."""
+    device_type = flags.devices[0].type
+    precision = flags.precision
+    if precision is not None and "precision plugin" not in flags.plugins:
+        reason = inventory.precision_problem(precision, device_type)
+        fallback = PRECISION_FALLBACKS.get((precision, device_type))
+        if reason is not None and fallback is not None:
+            warnings.append(
+                f"precision={precision!r} cannot run here ({reason}): using {fallback!r} (as LightningLite did)."
+            )
+            flags.precision = precision = fallback
+        elif reason is not None and spec.precision_plugin is None:  # a backend's own plugin decides alone
+            problems.append(f"precision={precision!r} cannot run on {device_type!r}: {reason}")
+    installed = inventory.installed
+    if spec.requires and inventory.checked is not None and spec.requires not in inventory.checked:
+        installed = installed | {spec.requires}  # not looked for: building the strategy checks it
+    problems.extend(
+        spec.problems(
+            accelerator=flags.accelerator,
+            precision=precision,
+            num_devices=len(flags.devices),
+            num_nodes=flags.num_nodes,
+            installed=installed,
+            platform=inventory.platform,
+            interactive=inventory.interactive,
+            external_launcher=flags.environment.creates_processes_externally,
+        )
+    )

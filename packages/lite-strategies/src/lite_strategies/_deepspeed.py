@@ -147,10 +147,6 @@ class DeepSpeedStrategy(ParallelStrategy):
         "min_loss_scale",
         "logging_level",
     )
-    #: The defaults of the registry rows ``deepspeed_stage_3_offload`` & co. (subclasses below).
-    default_stage: ClassVar[int] = 2
-    default_offload_optimizer: ClassVar[bool] = False
-    default_offload_parameters: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -180,7 +176,14 @@ class DeepSpeedStrategy(ParallelStrategy):
     ) -> None:
         from lite_strategies._registry import get_strategy_spec
 
-        get_strategy_spec(self.strategy_name).load()  # without deepspeed: the error names the pip extra
+        row = get_strategy_spec(self.strategy_name)
+        row.load()  # without deepspeed: the error names the pip extra
+        # A row's init kwargs (``deepspeed_stage_3_offload`` & co.) are the defaults of an alias class.
+        stage = row.init_kwargs.get("stage", 2) if stage is None else stage
+        if offload_optimizer is None:
+            offload_optimizer = row.init_kwargs.get("offload_optimizer", False)
+        if offload_parameters is None:
+            offload_parameters = row.init_kwargs.get("offload_parameters", False)
         options = dict(
             stage=stage,
             config=config,
@@ -210,13 +213,9 @@ class DeepSpeedStrategy(ParallelStrategy):
         user_config = _load_config(config)
         if user_config is None:
             zero = _zero_section(
-                stage=self.default_stage if stage is None else stage,
-                offload_optimizer=self.default_offload_optimizer
-                if offload_optimizer is None
-                else offload_optimizer,
-                offload_parameters=(
-                    self.default_offload_parameters if offload_parameters is None else offload_parameters
-                ),
+                stage=stage,
+                offload_optimizer=offload_optimizer,
+                offload_parameters=offload_parameters,
                 offload_optimizer_device=offload_optimizer_device,
                 offload_params_device=offload_params_device,
                 nvme_path=nvme_path,
@@ -609,41 +608,33 @@ class DeepSpeedStrategy(ParallelStrategy):
 
 
 class DeepSpeedStage1Strategy(DeepSpeedStrategy):
-    """``deepspeed_stage_1``: optimizer states sharded."""
+    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_1`` row's init kwargs (stage 1)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_1"
-    default_stage: ClassVar[int] = 1
 
 
 class DeepSpeedStage2Strategy(DeepSpeedStrategy):
-    """``deepspeed_stage_2``: optimizer states and gradients sharded."""
+    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_2`` row's init kwargs (stage 2)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_2"
-    default_stage: ClassVar[int] = 2
 
 
 class DeepSpeedStage2OffloadStrategy(DeepSpeedStrategy):
-    """``deepspeed_stage_2_offload``: stage 2 with the optimizer states and step on the CPU."""
+    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_2_offload`` row's init kwargs (stage 2, optimizer offloaded)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_2_offload"
-    default_stage: ClassVar[int] = 2
-    default_offload_optimizer: ClassVar[bool] = True
 
 
 class DeepSpeedStage3Strategy(DeepSpeedStrategy):
-    """``deepspeed_stage_3``: optimizer states, gradients and parameters sharded."""
+    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_3`` row's init kwargs (stage 3)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_3"
-    default_stage: ClassVar[int] = 3
 
 
 class DeepSpeedStage3OffloadStrategy(DeepSpeedStrategy):
-    """``deepspeed_stage_3_offload``: stage 3 with optimizer and parameters offloaded to the CPU."""
+    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_3_offload`` row's init kwargs (stage 3, optimizer and parameters offloaded)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_3_offload"
-    default_stage: ClassVar[int] = 3
-    default_offload_optimizer: ClassVar[bool] = True
-    default_offload_parameters: ClassVar[bool] = True
 
 
 def consolidate_deepspeed_checkpoint(path: _PathLike, output_file: _PathLike | None = None) -> dict[str, Any]:
@@ -858,7 +849,7 @@ def _use_deepspeed_accelerator(device_type: str) -> None:
         return
     raise StrategyError(
         f"DeepSpeed selected its {current!r} accelerator but this strategy runs on {device_type!r}; "
-        "unset DS_ACCELERATOR or choose accelerator={current!r}"
+        f"unset DS_ACCELERATOR or choose accelerator={current!r}"
     )
 
 
