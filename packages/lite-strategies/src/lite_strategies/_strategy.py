@@ -5,6 +5,7 @@ A strategy is built in the main process (nothing touches a device or a process g
 and calls :meth:`Strategy.setup_environment` in each before the user's function runs.
 """
 
+# lite: allow-long-module: split pending (issue 14 item 5)
 from __future__ import annotations
 
 import contextlib
