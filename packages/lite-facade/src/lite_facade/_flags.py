@@ -49,7 +49,8 @@ def normalize(given: dict[str, Any], inventory: Inventory, problems: list[str]) 
             problems.append(
                 f"plugins holds two {kind}s ({type(found[kind]).__name__} and {type(item).__name__}); pass one of each kind at most"
             )
-        found[kind] = found.get(kind, item)
+        else:
+            found[kind] = item
     strategy = given["strategy"]
     if "strategy" in found:
         if strategy is not None:

@@ -114,14 +114,8 @@ def register_strategy(
 
 def _spec_of_class(cls: type[Strategy], fields: Mapping[str, Any]) -> StrategySpec:
     name = getattr(cls, "strategy_name", None)
-    parent = next(
-        (
-            _lookup[base.strategy_name]
-            for base in cls.__mro__[1:]
-            if isinstance(getattr(base, "strategy_name", None), str) and base.strategy_name in _lookup
-        ),
-        None,
-    )
+    names = [getattr(base, "strategy_name", None) for base in cls.__mro__[1:]]
+    parent = next((_lookup[n] for n in names if isinstance(n, str) and n in _lookup), None)
     if not isinstance(name, str) or parent is None or name == parent.name:
         raise StrategyError(
             f"register_strategy({cls.__name__}): a strategy class must subclass a registered strategy "

@@ -566,7 +566,7 @@ class ParallelStrategy(Strategy):
             if kind in START_METHODS:
                 from lite_strategies._spawn_launcher import SpawnLauncher
 
-                self._launcher = SpawnLauncher(self, start_method=kind)  # type: ignore[arg-type]
+                self._launcher = SpawnLauncher(self, start_method=kind)
             else:
                 from lite_strategies._script_launcher import ScriptLauncher
 
