@@ -324,3 +324,11 @@ def test_an_entry_point_reusing_a_name_names_both_providers(tmp_path: Path) -> N
     assert out.returncode != 0
     assert "'ddp_spawn' of lite_ep_clash (entry point 'ddp_spawn')" in out.stderr
     assert "already used by lite_strategies (row 'ddp_spawn')" in out.stderr
+
+
+def test_start_method_is_read_from_the_row() -> None:
+    assert [STRATEGIES[n].build().start_method for n in ("ddp", "ddp_spawn", "ddp_fork")] == [
+        None,
+        "spawn",
+        "fork",
+    ]

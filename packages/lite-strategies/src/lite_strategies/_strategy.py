@@ -523,6 +523,15 @@ class ParallelStrategy(Strategy):
             check_start_method(self.launcher_kind)
 
     @property
+    def start_method(self) -> str | None:
+        """The multiprocessing start method ("spawn"/"fork") of a spawn/fork row; None for the script launcher.
+
+        Read from :attr:`launcher_kind` (the row), kept for code that read the old class attribute.
+        """
+        kind = self.launcher_kind
+        return kind if kind in START_METHODS else None
+
+    @property
     def num_processes(self) -> int:
         """Processes per node: one per device."""
         return len(self._devices)
