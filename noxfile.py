@@ -97,11 +97,15 @@ def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests with only that package's closure installed (built wheels)."""
     install_wheels(session, [*closure(package), "lite-testing"], *TEST_TOOLS)
     tests_dir = PACKAGES_DIR / package / "tests"
+    env = {"PYTHONDONTWRITEBYTECODE": "1"}
+    third_party = tests_dir / "third_party_strategy"
+    if third_party.exists():
+        # A strategy from outside the repo's packages, found through its entry point only.
+        session.install("--no-deps", str(third_party))
+        env["LITE_REQUIRE_THIRD_PARTY"] = "1"
     # A backend's own tests run in its session (see `backend_tests`), not twice.
     skip_backends = [f"--ignore-glob=*/test_{backend}_*.py" for backend in BACKENDS]
-    session.run(
-        "pytest", str(tests_dir), *skip_backends, *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"}
-    )
+    session.run("pytest", str(tests_dir), *skip_backends, *session.posargs, env=env)
     readme_example = tests_dir / "readme_example.py"
     if readme_example.exists():
         # The README's stand-alone example, under a real launcher with two processes.

@@ -86,7 +86,7 @@ def main() -> None:
 
     spec = get_strategy_spec(args.strategy)  # the registry row: what it accepts, how it launches
     print(f"strategy {spec.name!r}: launcher {spec.launcher!r}, accelerators {spec.accelerators}")
-    strategy = spec.load()(
+    strategy = spec.build(
         accelerator="cpu",
         devices=[torch.device("cpu")] * args.devices,
         precision=get_precision(args.precision, "cpu"),

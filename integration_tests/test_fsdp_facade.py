@@ -138,7 +138,9 @@ def test_a_sharded_checkpoint_consolidates_into_a_file_that_torch_alone_loads(tm
     from lite_facade.consolidate import consolidate_checkpoint, main
 
     checkpoint = tmp_path / "ckpt"
-    result = run_processes(_run, 2, "fsdp", "32-true", {"save_end": str(checkpoint)}, init=False, timeout=TIMEOUT)[0]
+    result = run_processes(
+        _run, 2, "fsdp", "32-true", {"save_end": str(checkpoint)}, init=False, timeout=TIMEOUT
+    )[0]
     assert (checkpoint / ".metadata").is_file()
     out = tmp_path / "model.pt"
     assert main([str(checkpoint), str(out)]) == 0  # the only model entry is found by itself

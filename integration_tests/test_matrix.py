@@ -79,7 +79,7 @@ class Fail:
         return f"{self.accelerator}-{self.strategy}-{self.precision}-{self.devices}dev"
 
 
-DP_WARNING = "strategy='dp' needs GPUs; on the CPU it runs as strategy='ddp'"
+DP_WARNING = "strategy='dp' does not run on 'cpu': running as strategy='ddp'"
 
 # fmt: off
 RUNS = [
@@ -150,7 +150,7 @@ FAILS = [
     Fail("cpu",      "deepspeed",      32,           2,       r"pip install 'lite-strategies\[deepspeed\]'"),
     Fail("cpu",      "ddp_sharded",    32,           2,       r"pip install 'lite-strategies\[fairscale\]'"),
     Fail("cpu",      "ddp_sharded_spawn", 32,        2,       r"pip install 'lite-strategies\[fairscale\]'"),
-    Fail("cpu",      "tpu_spawn",      32,           2,       "does not run on accelerator='cpu'"),
+    Fail("cpu",      "tpu_spawn",      32,           2,       "cannot run on accelerator 'cpu'"),
     # Names nobody knows.
     Fail("cpu",      "horovod",        32,           2,       "unknown strategy 'horovod'"),
     Fail("cpu",      "ddp",            8,            2,       "precision='8' is not a precision"),

@@ -54,7 +54,9 @@ def _interrupted(make: Any, stop_after: int, epochs_before: int = 0) -> tuple[li
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("epochs_before", [0, 1])
-def test_a_loader_shuffled_by_the_global_rng_resumes_in_the_same_order(num_workers: int, epochs_before: int) -> None:
+def test_a_loader_shuffled_by_the_global_rng_resumes_in_the_same_order(
+    num_workers: int, epochs_before: int
+) -> None:
     def make() -> DataLoader[Any]:
         return DataLoader(list(range(20)), batch_size=3, shuffle=True, num_workers=num_workers)
 
@@ -94,7 +96,9 @@ def test_a_subclass_or_iterable_dataset_falls_back_to_loading_and_dropping() -> 
     class MyLoader(DataLoader[Any]):
         pass
 
-    expected, resumed = _interrupted(lambda: MyLoader(list(range(9)), batch_size=2, shuffle=True), stop_after=3)
+    expected, resumed = _interrupted(
+        lambda: MyLoader(list(range(9)), batch_size=2, shuffle=True), stop_after=3
+    )
     assert resumed == expected
 
 

@@ -104,7 +104,7 @@ def test_scheduler_loader_scaler_and_user_objects_round_trip_under_weights_only(
 
 def test_include_rng_restores_every_random_stream(tmp_path: Path) -> None:
     lite = _Lite(accelerator="cpu")
-    model, optimizer, scheduler, _ = _setup(lite)
+    model, _optimizer, _scheduler, _ = _setup(lite)
     path = tmp_path / "ckpt.pt"
     lite.save({"model": model, "step": 1}, path, include_rng=True)
     expected = (random.random(), torch.rand(3).tolist(), model(torch.ones(2, 3)).tolist())  # dropout too
@@ -130,7 +130,7 @@ def test_fabric_argument_order_is_a_type_error_naming_lites_order(tmp_path: Path
     model, *_ = _setup(lite)
     with pytest.raises(TypeError, match=r"self\.save\(state, path\)"):
         lite.save(tmp_path / "ckpt.pt", {"model": model})
-    with pytest.raises(TypeError, match="filepath must be a str or os.PathLike"):
+    with pytest.raises(TypeError, match=r"filepath must be a str or os\.PathLike"):
         lite.save({"model": model}, 3)
     assert list(tmp_path.iterdir()) == []
 
@@ -165,7 +165,7 @@ def test_memory_url_round_trip_and_no_local_directory(
     model, optimizer, scheduler, _ = _setup(lite)
     _train(model, optimizer, scheduler, 1)
     lite.save({"model": model, "scheduler": scheduler}, "memory://facade-tests/ckpt.pt")
-    model2, optimizer2, scheduler2, _ = _setup(_Lite(accelerator="cpu"))
+    model2, _optimizer2, scheduler2, _ = _setup(_Lite(accelerator="cpu"))
     lite.load("memory://facade-tests/ckpt.pt", {"model": model2, "scheduler": scheduler2})
     assert scheduler2.last_epoch == 1
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))

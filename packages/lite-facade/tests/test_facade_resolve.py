@@ -204,3 +204,115 @@ def test_unavailable_devices_give_one_error_not_derived_ones() -> None:
     message = str(err.value)
     assert message.count("\n  - ") == 1, message
     assert "tpu_cores=8" in message and "xla" in message
+
+
+WITH_BACKENDS = Inventory(
+    device_counts={"cpu": 1, "xla": 8},
+    installed=frozenset({"deepspeed", "fairscale", "torch_xla"}),
+    environment=LightningEnvironment(),
+)
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (
+            {"accelerator": "tpu", "devices": 8, "precision": 16},
+            ["'xla'", "precision='16-mixed'", "32-true, bf16-true"],
+        ),
+        ({"strategy": "deepspeed", "devices": 2, "precision": 64}, ["'deepspeed'", "'64-true'", "float64"]),
+        (
+            {"strategy": "ddp_sharded", "devices": 2, "precision": 16, "accelerator": "cpu"},
+            ["'ddp_sharded'", "'16-mixed' on 'cpu'", "ShardedGradScaler"],
+        ),
+    ],
+)
+def test_a_precision_the_strategy_refuses_is_reported_before_building(
+    flags: dict[str, Any], needles: list[str]
+) -> None:
+    with pytest.raises(LiteConfigurationError) as err:
+        resolve(WITH_BACKENDS, **flags)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_row_problems_are_listed_together_with_the_others() -> None:
+    with pytest.raises(LiteConfigurationError) as err:
+        resolve(CPU_ONLY, strategy="deepspeed", accelerator="cpu", devices=2, precision=64, num_nodes=0)
+    message = str(err.value)
+    assert message.count("\n  - ") == 3, message  # num_nodes, precision for deepspeed, deepspeed missing
+    assert "num_nodes=0" in message and "'64-true'" in message and "lite-strategies[deepspeed]" in message
+
+
+def test_a_precision_plugin_and_a_different_precision_flag_are_refused() -> None:
+    from lite_precision import get_precision
+
+    with pytest.raises(LiteConfigurationError, match="precision='bf16' and the precision plugin"):
+        resolve(plugins=[get_precision("16-mixed", "cpu")], precision="bf16")
+    plan = resolve(plugins=[get_precision("bf16-mixed", "cpu")], precision="bf16")
+    assert plan.precision == "bf16-mixed"
+
+
+def test_an_empty_accelerator_is_refused_naming_the_accepted_ones() -> None:
+    with pytest.raises(LiteConfigurationError, match=r"accelerator=''.*'cpu', 'cuda'"):
+        resolve(accelerator="")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"devices": 10**9},
+        {"devices": str(10**9), "accelerator": "cpu"},
+        {"devices": 257, "accelerator": "cpu"},
+    ],
+)
+def test_more_devices_than_the_machine_holds_fail_fast(flags: dict[str, Any]) -> None:
+    # Before, devices=10**9 built a billion device objects and was killed for memory.
+    with pytest.raises(LiteConfigurationError, match="holds"):
+        resolve(CPU_ONLY, **flags)
+
+
+def test_fork_is_refused_on_windows_from_the_inventory_platform() -> None:
+    windows = Inventory(
+        device_counts={"cpu": 1}, installed=frozenset(), environment=LightningEnvironment(), platform="win32"
+    )
+    with pytest.raises(LiteConfigurationError, match="'fork' start method, which Windows lacks"):
+        resolve(windows, strategy="ddp_fork", accelerator="cpu", devices=2)
+    assert resolve(windows, strategy="ddp_spawn", accelerator="cpu", devices=2).strategy == "ddp_spawn"
+
+
+def test_a_precision_the_device_cannot_run_is_reported_from_the_inventory() -> None:
+    inventory = Inventory(
+        device_counts={"cpu": 1, "cuda": 2},
+        installed=frozenset(),
+        environment=LightningEnvironment(),
+        unsupported_precisions={("bf16-mixed", "cuda"): "bfloat16 needs Ampere"},
+    )
+    with pytest.raises(
+        LiteConfigurationError, match="'bf16-mixed' cannot run on 'cuda': bfloat16 needs Ampere"
+    ):
+        resolve(inventory, accelerator="cuda", precision="bf16")
+
+
+def test_a_registered_row_resolves_without_editing_the_facade() -> None:
+    from lite_strategies import StrategySpec, register_strategy, strategy_provider
+
+    spec = StrategySpec(
+        name="resolve_test_row", factory="lite_strategies._ddp:DDPStrategy", accelerators=("cpu",),
+        launcher="script", multi_process=True, interactive=False, precisions=("32-true",),
+    )  # fmt: skip
+    register_strategy(spec, provider="test_facade_resolve")
+    assert strategy_provider("resolve_test_row") == "test_facade_resolve"
+    plan = resolve(strategy="resolve_test_row", accelerator="cpu", devices=2)
+    assert (plan.strategy, plan.world_size) == ("resolve_test_row", 2)
+    with pytest.raises(LiteConfigurationError, match="'resolve_test_row' cannot run precision='bf16-mixed'"):
+        resolve(strategy="resolve_test_row", accelerator="cpu", devices=2, precision="bf16")
+
+
+def test_detected_inventory_reads_the_platform_and_the_backends() -> None:
+    import sys
+
+    inventory = Inventory.detect()
+    assert inventory.platform == sys.platform
+    assert inventory.checked is not None and {"deepspeed", "fairscale", "torch_xla"} <= inventory.checked
+    assert inventory.installed <= inventory.checked

@@ -99,12 +99,30 @@ def test_bf16_probe_agrees_with_torch_and_does_not_initialize_cuda() -> None:
 
 @run_if(min_cuda_gpus=1)
 def test_building_every_cuda_mode_keeps_fork_possible() -> None:
+    # Not only "CUDA is not initialised": a forked child must really compute on the GPU
+    # (a driver initialised before the fork makes that fail, e.g. after torch.cuda.is_available()).
     code = (
-        "import torch\n"
+        "import multiprocessing as mp, torch\n"
         "from lite_precision import PRECISIONS, get_precision\n"
         "modes = [get_precision(n, 'cuda') for n in PRECISIONS if PRECISIONS[n].unsupported_reason('cuda') is None]\n"
-        "print(len(modes), torch.cuda.is_initialized())\n"
+        "bf16 = [m for m in modes if m.name.startswith('bf16')]\n"
+        "def child(queue):\n"
+        "    try:\n"
+        "        x = torch.ones(4, device='cuda')\n"
+        "        queue.put(float((x * 2).sum().item()))\n"
+        "    except Exception as err:\n"
+        "        queue.put(repr(err))\n"
+        "if __name__ == '__main__':\n"
+        "    initialized = torch.cuda.is_initialized()\n"
+        "    ctx = mp.get_context('fork')\n"
+        "    queue = ctx.Queue()\n"
+        "    proc = ctx.Process(target=child, args=(queue,))\n"
+        "    proc.start()\n"
+        "    result = queue.get(timeout=120)\n"
+        "    proc.join(timeout=60)\n"
+        "    print(len(modes), len(bf16), initialized, result)\n"
     )
-    count, initialized = _in_fresh_process(code).split()
+    count, _, initialized, result = _in_fresh_process(code).split(maxsplit=3)
     assert int(count) >= 4
     assert initialized == "False"
+    assert result == "8.0", f"the forked child could not use CUDA: {result}"

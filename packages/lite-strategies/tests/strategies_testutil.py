@@ -100,7 +100,7 @@ from strategies_testutil import train
 
 def main():
     name, devices, num_nodes, out, fail = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-    strategy = lite_strategies.get_strategy_spec(name).load()(devices=[torch.device("cpu")] * devices, num_nodes=num_nodes)
+    strategy = lite_strategies.get_strategy_spec(name).build(devices=[torch.device("cpu")] * devices, num_nodes=num_nodes)
     result = strategy.launcher.launch(train, strategy, out, fail)
     # one write: the ranks share stdout
     os.write(1, f"RESULT-WORLD-SIZE {{result['world_size']}} RANK {{result['rank']}}\\n".encode())

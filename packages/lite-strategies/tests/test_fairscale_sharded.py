@@ -98,17 +98,21 @@ def test_passed_through_keywords_are_those_of_sharded_data_parallel() -> None:
     }
 
 
-def test_registry_rows_are_implemented_and_load() -> None:
-    for name, cls, launcher in [
+def test_registry_rows_load_one_class_and_build() -> None:
+    # Changed by issue 14: both rows are DDPShardedStrategy (ddp_sharded_spawn differs in launcher kind).
+    for name, alias, launcher in [
         ("ddp_sharded", DDPShardedStrategy, ScriptLauncher),
         ("ddp_sharded_spawn", DDPShardedSpawnStrategy, SpawnLauncher),
     ]:
         spec = STRATEGIES[name]
-        assert spec.implemented and spec.accelerators == ("cpu", "cuda")
-        assert spec.load() is cls
-        strategy = cls(devices=CPU2, reduce_buffer_size=0)  # touches no process group
-        assert isinstance(strategy.launcher, launcher)
-        assert strategy.world_size == 2
+        assert spec.accelerators == ("cpu", "cuda")
+        assert spec.load() is DDPShardedStrategy
+        for strategy in (
+            spec.build(devices=CPU2, reduce_buffer_size=0),
+            alias(devices=CPU2, reduce_buffer_size=0),
+        ):
+            assert isinstance(strategy.launcher, launcher)  # touches no process group
+            assert strategy.world_size == 2 and strategy.strategy_name == name
 
 
 def test_unknown_keyword_is_refused_naming_the_accepted_ones() -> None:

@@ -175,7 +175,7 @@ def _returns_tensors(strategy: lite_strategies.Strategy) -> dict[str, object]:
 
 @pytest.mark.parametrize("name", ["ddp_spawn", "ddp_fork"])
 def test_spawn_launcher_returns_rank_zero_value_and_trains_like_one_process(name: str) -> None:
-    strategy = lite_strategies.get_strategy_spec(name).load()(devices=[torch.device("cpu")] * 2)
+    strategy = lite_strategies.get_strategy_spec(name).build(devices=[torch.device("cpu")] * 2)
     assert strategy.launcher is not None
     result = strategy.launcher.launch(_returns_tensors, strategy)
     assert_params_close(result["params"], reference_params())
@@ -270,7 +270,7 @@ def test_launcher_runs_in_this_process_under_an_external_launcher(monkeypatch: p
     ).items():  # fmt: skip
         monkeypatch.setenv(key, value)
     for name in ("ddp", "ddp_spawn", "ddp_fork"):
-        strategy = lite_strategies.get_strategy_spec(name).load()()
+        strategy = lite_strategies.get_strategy_spec(name).build()
         assert strategy.cluster_environment.creates_processes_externally
         assert strategy.launcher is not None
         assert strategy.launcher.launch(os.getpid) == os.getpid()

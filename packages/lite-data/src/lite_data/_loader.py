@@ -184,7 +184,9 @@ class DeviceDataLoader:
             "num_replicas": sampler.num_replicas if sampler is not None else None,
             "rank": sampler.rank if sampler is not None else None,
             "generator_states": None if generator_states is None else [s.clone() for s in generator_states],
-            "global_rng_state": self._epoch_rng.clone() if self._in_epoch and self._epoch_rng is not None else None,
+            "global_rng_state": self._epoch_rng.clone()
+            if self._in_epoch and self._epoch_rng is not None
+            else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -36,7 +36,13 @@ def rng_states() -> dict[str, Any]:
     np = _numpy()
     if np is not None:
         kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-        states["numpy"] = (str(kind), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
+        states["numpy"] = (
+            str(kind),
+            torch.from_numpy(keys.astype("int64")),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        )
     if torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from lite_facade._resolve import Plan
-from lite_precision import get_precision
 from lite_strategies import Strategy, get_strategy_spec
 
 
 def build_strategy(plan: Plan) -> Strategy:
     """Create (or complete, for a user's strategy object) the strategy of ``plan``; touches no device."""
-    precision = plan.precision_plugin or get_precision(plan.precision, device_type=plan.devices[0].type)
+    spec = plan.strategy_object.spec if plan.strategy_object is not None else get_strategy_spec(plan.strategy)
+    precision = plan.precision_plugin or spec.make_precision(plan.precision, plan.devices[0].type)
     settings: dict[str, Any] = dict(
         accelerator=plan.accelerator,
         devices=plan.devices,
@@ -22,5 +22,4 @@ def build_strategy(plan: Plan) -> Strategy:
     )
     if plan.strategy_object is not None:
         return plan.strategy_object.configured(**settings)
-    strategy_cls = get_strategy_spec(plan.strategy).load()
-    return strategy_cls(**settings)
+    return spec.build(**settings)

@@ -86,8 +86,9 @@ class LightningLite(ABC):
             tpu_cores=tpu_cores,
             inventory=Inventory.detect(),
         )
-        for message in self._plan.warnings:
-            warnings.warn(message, UserWarning, stacklevel=2)
+        if _is_rank_zero(self._plan):  # every process resolves the same plan: say it once
+            for message in self._plan.warnings:
+                warnings.warn(message, UserWarning, stacklevel=2)
         try:
             self._strategy = build_strategy(self._plan)
         except (StrategyError, PrecisionError) as err:  # what only building the strategy can tell
@@ -174,8 +175,8 @@ class LightningLite(ABC):
     def _precision_plugin(self, plugin: Any) -> None:
         # Replace it where backward and steps go through (optimizers set up before keep the
         # step path chosen then), and re-decide the backward fast path.
-        self._precision = plugin
-        self._strategy._precision = plugin
+        self._strategy.precision = plugin
+        self._precision = self._strategy.precision
         self._plain_backward = self._strategy.plain_backward_and_step
 
     @property
@@ -597,3 +598,11 @@ def _strategy_objects(content: Any) -> Any:
         return value
 
     return map_state(content, unwrap)
+
+
+def _is_rank_zero(plan: Plan) -> bool:
+    """Whether this process is global rank 0 of the job (before any process group exists)."""
+    try:
+        return plan.environment.global_rank() == 0
+    except Exception:  # an environment that cannot tell yet: better said twice than never
+        return True

@@ -65,7 +65,9 @@ def consolidate_checkpoint(
 
 
 def _is_module_state(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+    return (
+        isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+    )
 
 
 def _pick_model(state: Any, key: str | None, where: str) -> dict[str, Any]:
@@ -97,7 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("checkpoint", help="the directory LightningLite.save wrote")
     parser.add_argument("output", help="the file to write (a local path or an fsspec URL)")
-    parser.add_argument("--key", default=None, help="the saved entry holding the model (default: the only one)")
+    parser.add_argument(
+        "--key", default=None, help="the saved entry holding the model (default: the only one)"
+    )
     args = parser.parse_args(argv)
     try:
         state = consolidate_checkpoint(args.checkpoint, args.output, key=args.key)

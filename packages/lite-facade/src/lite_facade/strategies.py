@@ -8,21 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import lite_strategies
 from lite_strategies import ParallelStrategy, Strategy
 
-# Lightning's class name -> lite's registry name.
+# Lightning's class name -> lite_strategies' class name.
 _BY_LIGHTNING_NAME = {
-    "SingleDeviceStrategy": "single_device",
-    "DataParallelStrategy": "dp",
-    "DDPStrategy": "ddp",
-    "DDPSpawnStrategy": "ddp_spawn",
-    "DDPForkStrategy": "ddp_fork",
-    "DeepSpeedStrategy": "deepspeed",
-    "DDPShardedStrategy": "ddp_sharded",
-    "DDPSpawnShardedStrategy": "ddp_sharded_spawn",
-    "FSDPStrategy": "fsdp",
-    "TPUSpawnStrategy": "tpu_spawn",
-    "XLAStrategy": "xla",
+    "SingleDeviceStrategy": "SingleDeviceStrategy",
+    "DataParallelStrategy": "DataParallelStrategy",
+    "DDPStrategy": "DDPStrategy",
+    "DDPSpawnStrategy": "DDPSpawnStrategy",
+    "DDPForkStrategy": "DDPForkStrategy",
+    "DeepSpeedStrategy": "DeepSpeedStrategy",
+    "DDPShardedStrategy": "DDPShardedStrategy",
+    "DDPSpawnShardedStrategy": "DDPShardedSpawnStrategy",
+    "FSDPStrategy": "FSDPStrategy",
+    "TPUSpawnStrategy": "XLAStrategy",
+    "XLAStrategy": "XLAStrategy",
 }
 
 __all__ = ["ParallelStrategy", "Strategy", *_BY_LIGHTNING_NAME]
@@ -30,8 +31,6 @@ __all__ = ["ParallelStrategy", "Strategy", *_BY_LIGHTNING_NAME]
 
 def __getattr__(name: str) -> Any:
     if name in _BY_LIGHTNING_NAME:
-        from lite_strategies import get_strategy_spec
-
         # The class imports without its backend; building it without the backend raises, naming the extra.
-        return get_strategy_spec(_BY_LIGHTNING_NAME[name]).load(check_backend=False)
+        return getattr(lite_strategies, _BY_LIGHTNING_NAME[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -95,7 +95,10 @@ def cuda_bf16_supported() -> bool:
     Uses torch when CUDA is already initialized, else NVML so that a later fork stays
     possible; falls back to torch (which initializes CUDA) only if NVML cannot be read.
     """
-    if not torch.cuda.is_available():  # NVML-based in recent torch; does not create a context
+    # device_count() asks NVML first and does not initialise CUDA, so a later fork (ddp_fork)
+    # still works; torch.cuda.is_available() initialises the driver in torch 2.13 (unless
+    # PYTORCH_NVML_BASED_CUDA_CHECK=1), after which a forked child cannot use CUDA.
+    if not torch.backends.cuda.is_built() or torch.cuda.device_count() == 0:
         return False
     if not torch.cuda.is_initialized():
         capability = _nvml_min_capability()

@@ -116,6 +116,18 @@ class MixedPrecision(Precision):
             self._scaler = torch.amp.GradScaler(self.device_type)
         return self._scaler
 
+    def set_scaler(self, scaler: torch.amp.GradScaler) -> None:
+        """Replace the loss scaler (e.g. by a shard-aware one that all-reduces its inf check).
+
+        Only float16 mixed precision scales the loss; call it before the first step (the
+        scaler's state is not carried over: load it into the new one first if it matters).
+        """
+        if not self.uses_scaler:
+            raise PrecisionError(f"{self!r} uses no loss scaler (only float16 mixed precision does)")
+        if not isinstance(scaler, torch.amp.GradScaler):
+            raise PrecisionError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+        self._scaler = scaler
+
     @property
     def plain_backward_and_step(self) -> bool:
         """True for bfloat16 (no scaler), unless a subclass overrides backward or optimizer_step."""

@@ -1,7 +1,9 @@
 """How a model and its optimizers are placed, wrapped and stepped, and how processes are launched.
 
 Strategies (single_device, dp, ddp, ddp_spawn, ddp_fork; deepspeed and its stage presets,
-ddp_sharded, ddp_sharded_spawn, fsdp, xla) are rows of :data:`STRATEGIES`, built lazily;
+ddp_sharded, ddp_sharded_spawn, fsdp, xla) are rows of :data:`STRATEGIES`, built lazily; a
+third-party strategy is one more row, given to :func:`register_strategy` or published as an
+entry point of group ``lite.strategies``;
 launchers start the processes; checkpoint IO writes atomically and loads safely.
 Importing this package imports no optional backend (deepspeed, fairscale, torch_xla): each is
 imported when a strategy that needs it is constructed or sets a module up. The modules of those
@@ -19,7 +21,21 @@ from lite_strategies._ddp import DDPForkStrategy, DDPSpawnStrategy, DDPStrategy
 from lite_strategies._dp import DataParallelStrategy
 from lite_strategies._errors import CheckpointError, ProcessFailedError, StrategyError
 from lite_strategies._parallel import ParallelStrategy
-from lite_strategies._registry import STRATEGIES, StrategySpec, build_registry, get_strategy_spec
+from lite_strategies._registry import (
+    DEFAULT_STRATEGY,
+    ENTRY_POINT_GROUP,
+    LAUNCHERS,
+    START_METHODS,
+    STRATEGIES,
+    DefaultRule,
+    StrategySpec,
+    build_registry,
+    default_strategy,
+    get_strategy_spec,
+    register_strategy,
+    strategy_provider,
+    strategy_specs,
+)
 from lite_strategies._single_device import SingleDeviceStrategy
 from lite_strategies._state import map_state, state_leaves, unwrap_module
 from lite_strategies._strategy import Strategy
@@ -43,6 +59,10 @@ _LAZY = {
 }
 
 __all__ = [
+    "DEFAULT_STRATEGY",
+    "ENTRY_POINT_GROUP",
+    "LAUNCHERS",
+    "START_METHODS",
     "STRATEGIES",
     "CheckpointError",
     "CheckpointIO",
@@ -52,6 +72,7 @@ __all__ = [
     "DDPSpawnStrategy",
     "DDPStrategy",
     "DataParallelStrategy",
+    "DefaultRule",
     "DeepSpeedStrategy",
     "FSDPStrategy",
     "Launcher",
@@ -68,9 +89,13 @@ __all__ = [
     "build_registry",
     "consolidate_deepspeed_checkpoint",
     "consolidate_fsdp_checkpoint",
+    "default_strategy",
     "get_strategy_spec",
     "map_state",
+    "register_strategy",
     "state_leaves",
+    "strategy_provider",
+    "strategy_specs",
     "unwrap_module",
 ]
 

@@ -29,7 +29,9 @@ _PathLike = str | os.PathLike[str]
 # torch.save's legacy (pre-1.6, non-zip) format starts with its pickled magic number.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://")
-_FSSPEC_HINT = "pip install fsspec  (or, from the repository: pip install './packages/lite-strategies[fsspec]')"
+_FSSPEC_HINT = (
+    "pip install fsspec  (or, from the repository: pip install './packages/lite-strategies[fsspec]')"
+)
 
 
 def is_url(path: _PathLike) -> bool:
@@ -121,7 +123,9 @@ class TorchCheckpointIO(CheckpointIO):
         target = local_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(target)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")
+        fd, tmp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"
+        )
         os.close(fd)
         try:
             torch.save(checkpoint, tmp_name)  # by name: torch's own C++ writer, faster than a Python file
@@ -172,7 +176,9 @@ class TorchCheckpointIO(CheckpointIO):
                 )
             with fs.open(inner, "rb") as f:
                 data = f.read()
-            return _load(io.BytesIO(data), url, data[: len(_LEGACY_MAGIC)], len(data), map_location, weights_only)
+            return _load(
+                io.BytesIO(data), url, data[: len(_LEGACY_MAGIC)], len(data), map_location, weights_only
+            )
         p = local_path(path)
         if not p.exists():
             raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
@@ -186,7 +192,7 @@ class TorchCheckpointIO(CheckpointIO):
 
 
 def _load(source: Any, name: str, head: bytes, size: int, map_location: Any, weights_only: bool) -> Any:
-    if not (head.startswith(b"PK\x03\x04") or head.startswith(_LEGACY_MAGIC)):
+    if not (head.startswith((b"PK\x03\x04", _LEGACY_MAGIC))):
         # Neither torch.save's zip archive nor its legacy format: never hand it to the unpickler.
         raise CheckpointError(
             f"checkpoint {name!r} ({size} bytes) is not a file written by torch.save (it does not start "

@@ -1,4 +1,4 @@
-"""torch DistributedDataParallel, with the script, spawn or fork launcher."""
+"""torch DistributedDataParallel; the rows ``ddp``, ``ddp_spawn`` and ``ddp_fork`` differ only in launcher kind."""
 
 from __future__ import annotations
 
@@ -49,14 +49,12 @@ class DDPStrategy(ParallelStrategy):
 
 
 class DDPSpawnStrategy(DDPStrategy):
-    """DDP in processes started with multiprocessing 'spawn'; the caller gets rank 0's return value."""
+    """Thin alias: :class:`DDPStrategy` as the ``ddp_spawn`` row (processes started with 'spawn')."""
 
     strategy_name: ClassVar[str] = "ddp_spawn"
-    start_method: ClassVar[str | None] = "spawn"
 
 
 class DDPForkStrategy(DDPStrategy):
-    """DDP in processes started with 'fork' (works in notebooks; CUDA must not be initialized before)."""
+    """Thin alias: :class:`DDPStrategy` as the ``ddp_fork`` row (processes started with 'fork')."""
 
     strategy_name: ClassVar[str] = "ddp_fork"
-    start_method: ClassVar[str | None] = "fork"

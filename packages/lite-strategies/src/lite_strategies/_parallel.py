@@ -12,6 +12,7 @@ from torch import nn
 
 import lite_collectives
 from lite_strategies._errors import StrategyError
+from lite_strategies._spec import START_METHODS
 from lite_strategies._strategy import Strategy
 from lite_strategies.launchers import Launcher, make_launcher
 from lite_strategies.launchers._spawn import check_start_method
@@ -38,8 +39,6 @@ class ParallelStrategy(Strategy):
 
     strategy_name: ClassVar[str] = "ddp"
     accepted_kwargs: ClassVar[tuple[str, ...]] = ("process_group_backend", "timeout")
-    #: None: the ScriptLauncher; "spawn"/"fork": the SpawnLauncher with that start method.
-    start_method: ClassVar[str | None] = None
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -61,6 +60,15 @@ class ParallelStrategy(Strategy):
         self._wrapped: list[weakref.ref[nn.Module]] = []
         if self.start_method is not None:
             check_start_method(self.start_method)
+
+    @property
+    def start_method(self) -> str | None:
+        """The multiprocessing start method ("spawn"/"fork") of a spawn/fork row; None for the script launcher.
+
+        Read from :attr:`launcher_kind` (the row), kept for code that read the old class attribute.
+        """
+        kind = self.launcher_kind
+        return kind if kind in START_METHODS else None
 
     @property
     def num_processes(self) -> int:
@@ -99,15 +107,10 @@ class ParallelStrategy(Strategy):
         return self._devices[local_rank]
 
     @property
-    def launcher_kind(self) -> str:
-        """How this strategy's processes start: "script", or the start method "spawn"/"fork"."""
-        return "script" if self.start_method is None else self.start_method
-
-    @property
     def launcher(self) -> Launcher | None:
         """The launcher of :attr:`launcher_kind` (see :func:`lite_strategies.launchers.make_launcher`)."""
         if self._launcher is None:
-            self._launcher = make_launcher(self.launcher_kind, self)
+            self._launcher = make_launcher(self.launcher_kind or "script", self)
         return self._launcher
 
     def __setstate__(self, state: dict[str, Any]) -> None:

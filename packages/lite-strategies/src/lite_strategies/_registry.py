@@ -1,252 +1,43 @@
-"""The strategy registry: one row per strategy, read without importing any backend."""
+"""The open strategy registry: built-in rows, rows registered in code, and entry points.
+
+Names are looked up in this order: the built-in rows (:mod:`lite_strategies._rows`), rows given
+to :func:`register_strategy`, and the entry points of group ``lite.strategies`` of the installed
+distributions. Entry points are loaded only when a name is not found otherwise; each names a
+:class:`StrategySpec`, an iterable of them, or a callable returning either. A name or alias
+registered twice raises, naming both providers.
+"""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import dataclasses
+import importlib.metadata
+import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lite_strategies._errors import StrategyError
+from lite_strategies._rows import DEFAULT_STRATEGY, ROWS, DefaultRule, default_strategy
+from lite_strategies._spec import ENTRY_POINT_GROUP, LAUNCHERS, START_METHODS, StrategySpec
 
 if TYPE_CHECKING:
     from lite_strategies._strategy import Strategy
 
-_LAUNCHERS = (None, "script", "spawn", "fork", "xla")
-
-
-@dataclass(frozen=True)
-class StrategySpec:
-    """What a resolver needs to know about a strategy without building it.
-
-    ``factory`` is ``"module:Class"``, imported only by :meth:`load`. ``accelerators`` are the
-    canonical accelerator names it accepts; ``launcher`` how it starts processes (None: it
-    runs in the current process only); ``interactive`` whether it works in a notebook;
-    ``requires`` the optional module it needs and ``extra`` the pip extra that installs it; ``min_devices``/``max_devices`` bound how many
-    devices (per node) it can use; ``implemented`` is False for a row registered ahead of its
-    backend (building it raises).
-    """
-
-    name: str
-    aliases: tuple[str, ...]
-    factory: str
-    accelerators: tuple[str, ...]
-    launcher: str | None
-    multi_process: bool
-    interactive: bool
-    requires: str | None = None
-    extra: str | None = None
-    min_devices: int = 1
-    max_devices: int | None = None
-    implemented: bool = True
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if ":" not in self.factory:
-            raise StrategyError(
-                f"StrategySpec {self.name!r}: factory must be 'module:Class', got {self.factory!r}"
-            )
-        if self.launcher not in _LAUNCHERS:
-            raise StrategyError(
-                f"StrategySpec {self.name!r}: launcher {self.launcher!r} is not one of {list(_LAUNCHERS)}"
-            )
-        if (self.requires is None) != (self.extra is None):
-            raise StrategyError(f"StrategySpec {self.name!r}: set both requires and extra, or neither")
-
-    def is_available(self) -> bool:
-        """Whether the optional module this strategy needs (if any) is installed; imports nothing."""
-        return self.requires is None or importlib.util.find_spec(self.requires) is not None
-
-    def load(self, *, check_backend: bool = True) -> type[Strategy]:
-        """Import and return the strategy class; a missing backend raises :class:`StrategyError`.
-
-        ``check_backend=False`` returns the class even without its backend (its module imports
-        the backend lazily), so that e.g. a seed-compatible import line works everywhere.
-        """
-        if check_backend and not self.is_available():
-            raise StrategyError(
-                f"strategy {self.name!r} needs the optional module {self.requires!r}, which is not "
-                f"installed: pip install 'lite-strategies[{self.extra}]'"
-            )
-        module_name, _, class_name = self.factory.partition(":")
-        cls: type[Strategy] = getattr(importlib.import_module(module_name), class_name)
-        return cls
-
-
-_ROWS = (
-    StrategySpec(
-        name="single_device",
-        aliases=("single",),
-        factory="lite_strategies._single_device:SingleDeviceStrategy",
-        accelerators=("cpu", "cuda", "mps"),
-        launcher=None,
-        multi_process=False,
-        interactive=True,
-        max_devices=1,
-        description="One process, one device.",
-    ),
-    StrategySpec(
-        name="dp",
-        aliases=("data_parallel",),
-        factory="lite_strategies._dp:DataParallelStrategy",
-        accelerators=("cuda",),
-        launcher=None,
-        multi_process=False,
-        interactive=True,
-        description="torch.nn.DataParallel: one process driving several CUDA devices.",
-    ),
-    StrategySpec(
-        name="ddp",
-        aliases=(),
-        factory="lite_strategies._ddp:DDPStrategy",
-        accelerators=("cpu", "cuda"),
-        launcher="script",
-        multi_process=True,
-        interactive=False,
-        description="DistributedDataParallel; re-runs the script once per extra local process.",
-    ),
-    StrategySpec(
-        name="ddp_spawn",
-        aliases=(),
-        factory="lite_strategies._ddp:DDPSpawnStrategy",
-        accelerators=("cpu", "cuda"),
-        launcher="spawn",
-        multi_process=True,
-        interactive=False,
-        description="DistributedDataParallel in processes started with multiprocessing 'spawn'.",
-    ),
-    StrategySpec(
-        name="ddp_fork",
-        aliases=("ddp_notebook",),
-        factory="lite_strategies._ddp:DDPForkStrategy",
-        accelerators=("cpu", "cuda"),
-        launcher="fork",
-        multi_process=True,
-        interactive=True,
-        description="DistributedDataParallel in processes started with 'fork' (notebooks).",
-    ),
-    StrategySpec(
-        name="deepspeed",
-        aliases=(),
-        factory="lite_strategies.deepspeed:DeepSpeedStrategy",
-        accelerators=("cpu", "cuda"),
-        launcher="script",
-        multi_process=True,
-        interactive=False,
-        requires="deepspeed",
-        extra="deepspeed",
-        description="DeepSpeed ZeRO, stage 2 by default (stage, config, offload are arguments).",
-    ),
-    StrategySpec(
-        name="deepspeed_stage_1",
-        aliases=(),
-        factory="lite_strategies.deepspeed:DeepSpeedStage1Strategy",
-        accelerators=("cpu", "cuda"),
-        launcher="script",
-        multi_process=True,
-        interactive=False,
-        requires="deepspeed",
-        extra="deepspeed",
-        description="DeepSpeed ZeRO stage 1: optimizer states sharded.",
-    ),
-    StrategySpec(
-        name="deepspeed_stage_2",
-        aliases=(),
-        factory="lite_strategies.deepspeed:DeepSpeedStage2Strategy",
-        accelerators=("cpu", "cuda"),
-        launcher="script",
-        multi_process=True,
-        interactive=False,
-        requires="deepspeed",
-        extra="deepspeed",
-        description="DeepSpeed ZeRO stage 2: optimizer states and gradients sharded.",
-    ),
-    StrategySpec(
-        name="deepspeed_stage_2_offload",
-        aliases=(),
-        factory="lite_strategies.deepspeed:DeepSpeedStage2OffloadStrategy",
-        accelerators=("cpu", "cuda"),
-        launcher="script",
-        multi_process=True,
-        interactive=False,
-        requires="deepspeed",
-        extra="deepspeed",
-        description="DeepSpeed ZeRO stage 2 with the optimizer offloaded to the CPU.",
-    ),
-    StrategySpec(
-        name="deepspeed_stage_3",
-        aliases=(),
-        factory="lite_strategies.deepspeed:DeepSpeedStage3Strategy",
-        accelerators=("cpu", "cuda"),
-        launcher="script",
-        multi_process=True,
-        interactive=False,
-        requires="deepspeed",
-        extra="deepspeed",
-        description="DeepSpeed ZeRO stage 3: optimizer states, gradients and parameters sharded.",
-    ),
-    StrategySpec(
-        name="deepspeed_stage_3_offload",
-        aliases=(),
-        factory="lite_strategies.deepspeed:DeepSpeedStage3OffloadStrategy",
-        accelerators=("cpu", "cuda"),
-        launcher="script",
-        multi_process=True,
-        interactive=False,
-        requires="deepspeed",
-        extra="deepspeed",
-        description="DeepSpeed ZeRO stage 3 with optimizer and parameters offloaded to the CPU.",
-    ),
-    StrategySpec(
-        name="ddp_sharded",
-        aliases=(),
-        factory="lite_strategies._sharded:DDPShardedStrategy",
-        accelerators=("cpu", "cuda"),
-        launcher="script",
-        multi_process=True,
-        interactive=False,
-        requires="fairscale",
-        extra="fairscale",
-        description="fairscale ShardedDataParallel with an OSS sharded optimizer.",
-    ),
-    StrategySpec(
-        name="ddp_sharded_spawn",
-        aliases=(),
-        factory="lite_strategies._sharded:DDPShardedSpawnStrategy",
-        accelerators=("cpu", "cuda"),
-        launcher="spawn",
-        multi_process=True,
-        interactive=False,
-        requires="fairscale",
-        extra="fairscale",
-        description="ddp_sharded in processes started with 'spawn'.",
-    ),
-    StrategySpec(
-        name="fsdp",
-        aliases=(),
-        factory="lite_strategies.fsdp:FSDPStrategy",
-        accelerators=("cpu", "cuda"),
-        launcher="script",
-        multi_process=True,
-        interactive=False,
-        description="torch FSDP2 (fully_shard): parameters, gradients and optimizer state sharded; "
-        "optimizers rebuilt over the shards.",
-    ),
-    StrategySpec(
-        name="xla",
-        aliases=("tpu_spawn", "xla_spawn"),
-        factory="lite_strategies._xla:XLAStrategy",
-        accelerators=("xla",),
-        launcher="xla",
-        multi_process=True,
-        interactive=False,
-        requires="torch_xla",
-        extra="xla",
-        description="torch_xla on TPU cores (XLA:CPU with PJRT_DEVICE=CPU), processes started by torch_xla's launcher.",
-    ),
-)
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "ENTRY_POINT_GROUP",
+    "LAUNCHERS",
+    "START_METHODS",
+    "STRATEGIES",
+    "DefaultRule",
+    "StrategySpec",
+    "build_registry",
+    "default_strategy",
+    "get_strategy_spec",
+    "register_strategy",
+    "strategy_provider",
+    "strategy_specs",
+]
 
 
 def build_registry(rows: Iterable[StrategySpec]) -> Mapping[str, StrategySpec]:
@@ -265,20 +56,136 @@ def build_registry(rows: Iterable[StrategySpec]) -> Mapping[str, StrategySpec]:
     return MappingProxyType(by_name)
 
 
-STRATEGIES: Mapping[str, StrategySpec] = build_registry(_ROWS)
-_LOOKUP = {key.lower(): spec for spec in STRATEGIES.values() for key in (spec.name, *spec.aliases)}
+STRATEGIES: Mapping[str, StrategySpec] = build_registry(ROWS)
+"""The built-in rows, by canonical name (rows registered later are in :func:`strategy_specs`)."""
+
+_BUILTIN = "lite_strategies"
+_lock = threading.Lock()
+_lookup: dict[str, StrategySpec] = {}  # every accepted spelling (lower case) -> row
+_provider: dict[str, str] = {}  # canonical name -> who registered it
+_entry_points_loaded = False
+
+
+def _add(spec: StrategySpec, provider: str) -> None:
+    if not isinstance(spec, StrategySpec):
+        raise StrategyError(f"{provider} registered {spec!r}, which is not a StrategySpec")
+    keys = [key.lower() for key in (spec.name, *spec.aliases)]
+    for key in keys:
+        taken = _lookup.get(key)
+        if taken is not None:
+            raise StrategyError(
+                f"strategy name {key!r} of {provider} (row {spec.name!r}) is already used by "
+                f"{_provider[taken.name]} (row {taken.name!r}); rename one"
+            )
+    for key in keys:
+        _lookup[key] = spec
+    _provider[spec.name] = provider
+
+
+for _spec in ROWS:
+    _add(_spec, _BUILTIN)
+
+
+def register_strategy(
+    spec: StrategySpec | type[Strategy], *, provider: str | None = None, **fields: Any
+) -> StrategySpec:
+    """Add a row to the registry, so that ``strategy=<its name>`` (or an alias) builds it; returns it.
+
+    ``spec`` is a :class:`StrategySpec`, or a :class:`Strategy` subclass that sets its own
+    ``strategy_name``: its row is then the row of the nearest base class with a row, renamed,
+    pointing at the subclass, with ``fields`` (any :class:`StrategySpec` field) changed::
+
+        class Mine(DDPStrategy):
+            strategy_name = "mine"
+
+        register_strategy(Mine, description="DDP with my own wrapper")
+
+    ``provider`` names who registers it in errors (default: the top-level module of the row's
+    factory). A name or alias already taken raises :class:`StrategyError` naming both providers.
+    """
+    if isinstance(spec, type):
+        spec = _spec_of_class(spec, fields)
+    elif fields:
+        spec = dataclasses.replace(spec, **fields)
+    with _lock:
+        _add(spec, provider or spec.factory.partition(":")[0].split(".")[0])
+    return spec
+
+
+def _spec_of_class(cls: type[Strategy], fields: Mapping[str, Any]) -> StrategySpec:
+    name = getattr(cls, "strategy_name", None)
+    names = [getattr(base, "strategy_name", None) for base in cls.__mro__[1:]]
+    parent = next((_lookup[n] for n in names if isinstance(n, str) and n in _lookup), None)
+    if not isinstance(name, str) or parent is None or name == parent.name:
+        raise StrategyError(
+            f"register_strategy({cls.__name__}): a strategy class must subclass a registered strategy "
+            f"and set its own strategy_name (got {name!r}); or pass a StrategySpec"
+        )
+    row: dict[str, Any] = dict(
+        name=name, aliases=(), factory=f"{cls.__module__}:{cls.__qualname__}", init_kwargs={}, description=""
+    )
+    row.update(fields)
+    return dataclasses.replace(parent, **row)
+
+
+def _specs_of(obj: Any) -> list[StrategySpec]:
+    if callable(obj) and not isinstance(obj, StrategySpec):
+        obj = obj()
+    return [obj] if isinstance(obj, StrategySpec) else list(obj)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    with _lock:
+        if _entry_points_loaded:
+            return
+        _entry_points_loaded = True
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = getattr(entry_point, "dist", None)
+            provider = f"{dist.name} (entry point {entry_point.name!r})" if dist else repr(entry_point.value)
+            try:
+                specs = _specs_of(entry_point.load())
+            except Exception as err:
+                raise StrategyError(
+                    f"the {ENTRY_POINT_GROUP!r} entry point {entry_point.value!r} of {provider} failed to load: "
+                    f"{type(err).__name__}: {err}"
+                ) from err
+            for spec in specs:
+                if _provider.get(spec.name) == provider and _lookup.get(spec.name) == spec:
+                    continue  # the same row listed twice by one distribution
+                _add(spec, provider)
+
+
+def strategy_specs(*, entry_points: bool = True) -> Mapping[str, StrategySpec]:
+    """Every row known (built-in, registered, and those of installed entry points), by name.
+
+    ``entry_points=False`` leaves the entry points unloaded (if they were not yet): the rows known now.
+    """
+    if entry_points:
+        _load_entry_points()
+    return MappingProxyType({spec.name: spec for spec in _lookup.values()})
+
+
+def strategy_provider(name: str) -> str:
+    """Who registered the row ``name`` (``lite_strategies`` for the built-in ones)."""
+    return _provider[get_strategy_spec(name).name]
 
 
 def get_strategy_spec(name: str) -> StrategySpec:
     """Return the spec for ``name`` (case-insensitive; aliases accepted).
+
+    A name not registered in code makes the ``lite.strategies`` entry points load once.
 
     >>> get_strategy_spec("ddp_notebook").name
     'ddp_fork'
     """
     if not isinstance(name, str):
         raise StrategyError(f"strategy name must be a string, got {type(name).__name__}: {name!r}")
-    spec = _LOOKUP.get(name.strip().lower())
+    key = name.strip().lower()
+    spec = _lookup.get(key)
+    if spec is None and not _entry_points_loaded:
+        _load_entry_points()
+        spec = _lookup.get(key)
     if spec is None:
-        names = sorted(_LOOKUP)
-        raise StrategyError(f"unknown strategy {name!r}; accepted names: {', '.join(names)}")
+        raise StrategyError(f"unknown strategy {name!r}; accepted names: {', '.join(sorted(_lookup))}")
     return spec

@@ -168,15 +168,6 @@ class DDPShardedStrategy(ParallelStrategy):
     strategy_name: ClassVar[str] = "ddp_sharded"
     accepted_kwargs: ClassVar[tuple[str, ...]] = (*ParallelStrategy.accepted_kwargs, *SHARDED_DDP_KWARGS)
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if self.precision.uses_scaler and self._devices[0].type != "cuda":
-            raise StrategyError(
-                f"strategy {self.strategy_name!r} cannot use precision {self.precision.name!r} on "
-                f"{self._devices[0].type!r}: loss scaling with sharded gradients needs fairscale's "
-                "ShardedGradScaler, which only runs on CUDA; use precision='bf16-mixed' or '32-true' here"
-            )
-
     def setup_environment(self) -> None:
         """Join the process group; with ``"16-mixed"``, give the precision a shard-aware loss scaler."""
         super().setup_environment()
@@ -191,7 +182,7 @@ class DDPShardedStrategy(ParallelStrategy):
         scaler = getattr(self.precision, "scaler", None)
         if isinstance(scaler, ShardedGradScaler):
             return
-        if type(scaler) is not torch.amp.GradScaler or not hasattr(self.precision, "_scaler"):
+        if type(scaler) is not torch.amp.GradScaler or not hasattr(self.precision, "set_scaler"):
             raise StrategyError(
                 f"strategy {self.strategy_name!r} needs a shard-aware loss scaler, but the precision plugin "
                 f"{self.precision!r} uses {type(scaler).__name__}; pass "
@@ -201,7 +192,7 @@ class DDPShardedStrategy(ParallelStrategy):
             warnings.simplefilter("ignore", FutureWarning)
             sharded = ShardedGradScaler()
         sharded.load_state_dict(scaler.state_dict())  # keeps the settings (initial scale, growth, ...)
-        self.precision._scaler = sharded
+        self.precision.set_scaler(sharded)
 
     def setup_module_and_optimizers(
         self, module: nn.Module, optimizers: list[torch.optim.Optimizer], *, move_to_device: bool = True
@@ -303,7 +294,6 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 class DDPShardedSpawnStrategy(DDPShardedStrategy):
-    """``ddp_sharded`` in processes started with multiprocessing 'spawn'; the caller gets rank 0's value."""
+    """Thin alias: :class:`DDPShardedStrategy` as the ``ddp_sharded_spawn`` row (processes started with 'spawn')."""
 
     strategy_name: ClassVar[str] = "ddp_sharded_spawn"
-    start_method: ClassVar[str | None] = "spawn"

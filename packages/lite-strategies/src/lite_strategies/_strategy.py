@@ -19,10 +19,10 @@ from torch import nn
 import lite_collectives
 from lite_collectives import ClusterEnvironment
 from lite_devices import get_accelerator, move_to_device
-from lite_precision import Precision, get_precision
+from lite_precision import Precision
 from lite_strategies._checkpoint_io import CheckpointIO, TorchCheckpointIO
 from lite_strategies._errors import StrategyError
-from lite_strategies._registry import get_strategy_spec
+from lite_strategies._registry import StrategySpec, get_strategy_spec
 from lite_strategies._state import restore_state, saved_form, unwrap_module
 from lite_strategies.launchers import Launcher
 
@@ -54,38 +54,32 @@ class Strategy:
         **backend_kwargs: Any,
     ) -> None:
         spec = get_strategy_spec(self.strategy_name)
+        self._spec = spec
         self._accelerator = get_accelerator(accelerator).name
-        if self._accelerator not in spec.accelerators:
-            raise StrategyError(
-                f"strategy {spec.name!r} cannot run on accelerator {accelerator!r}; "
-                f"it accepts {list(spec.accelerators)}"
-            )
+        if self._accelerator not in spec.accelerators:  # before the devices: they are checked against it
+            raise StrategyError("; ".join(spec.problems(accelerator=self._accelerator, installed=())[:1]))
         self._devices = self._check_devices(devices)
-        if spec.max_devices is not None and len(self._devices) > spec.max_devices:
-            raise StrategyError(
-                f"strategy {spec.name!r} uses at most {spec.max_devices} device(s), got {len(self._devices)}; "
-                "use strategy='ddp' (or 'ddp_spawn') for several"
-            )
-        if len(self._devices) < spec.min_devices:
-            raise StrategyError(
-                f"strategy {spec.name!r} needs at least {spec.min_devices} devices, got {len(self._devices)}"
-            )
         if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
             raise StrategyError(f"num_nodes must be an integer >= 1, got {num_nodes!r}")
-        if num_nodes > 1 and not spec.multi_process:
-            raise StrategyError(
-                f"strategy {spec.name!r} runs in one process and cannot use num_nodes={num_nodes}; "
-                f"use strategy='ddp' for several nodes"
-            )
         self._num_nodes = num_nodes
         device_type = self._devices[0].type
         if precision is None:
-            precision = get_precision("32-true", device_type)
+            precision = spec.make_precision("32-true", device_type)
         elif precision.device_type != device_type:
             raise StrategyError(
                 f"the precision plugin {precision!r} was built for device type {precision.device_type!r} but "
                 f"the strategy runs on {device_type!r}; build it with get_precision(..., {device_type!r})"
             )
+        problems = spec.problems(
+            accelerator=self._accelerator,
+            precision=precision.name,
+            num_devices=len(self._devices),
+            num_nodes=num_nodes,
+            # the backend itself is checked where it is first needed (so the class builds without it)
+            installed=None if spec.requires is None else (spec.requires,),
+        )
+        if problems:
+            raise StrategyError("; ".join(problems))
         self._precision = precision
         self._cluster_environment = cluster_environment
         self._checkpoint_io = checkpoint_io if checkpoint_io is not None else TorchCheckpointIO()
@@ -196,8 +190,46 @@ class Strategy:
 
     @property
     def precision(self) -> Precision:
-        """The precision plugin backward and optimizer steps go through."""
+        """The precision plugin backward and optimizer steps go through.
+
+        Settable: a new plugin must be built for the strategy's device type; optimizers set up
+        before keep the step path chosen then.
+        """
         return self._precision
+
+    @precision.setter
+    def precision(self, precision: Precision) -> None:
+        if not isinstance(precision, Precision):
+            raise StrategyError(f"precision must be a lite_precision.Precision, got {precision!r}")
+        if precision.device_type != self.root_device.type:
+            raise StrategyError(
+                f"the precision plugin {precision!r} was built for device type {precision.device_type!r} but "
+                f"the strategy runs on {self.root_device.type!r}"
+            )
+        self._precision = precision
+
+    @property
+    def spec(self) -> StrategySpec:
+        """The registry row this strategy was built from (its checks, launcher kind, ...)."""
+        return self._spec
+
+    @property
+    def launcher_kind(self) -> str | None:
+        """How this strategy starts processes, from its row: None, "script", "spawn", "fork" or "xla"."""
+        return self._spec.launcher
+
+    @classmethod
+    def from_spec(cls, spec: StrategySpec, **settings: Any) -> Strategy:
+        """Build ``cls`` as the row ``spec``: with the row's ``init_kwargs`` under ``settings``.
+
+        The strategy takes the row's name, so several rows can share one class (``ddp``,
+        ``ddp_spawn`` and ``ddp_fork`` are all :class:`DDPStrategy`, differing in launcher kind).
+        """
+        strategy = cls.__new__(cls)
+        # an instance attribute: this object's row, shadowing the class's default one
+        vars(strategy)["strategy_name"] = spec.name
+        strategy.__init__(**{**spec.init_kwargs, **settings})  # type: ignore[misc]
+        return strategy
 
     @property
     def cluster_environment(self) -> ClusterEnvironment:
@@ -232,7 +264,7 @@ class Strategy:
         (the facade) completes a strategy object the user built with backend options only, e.g.
         ``DDPStrategy(find_unused_parameters=True)``.
         """
-        return type(self)(**settings, **self._given_backend_kwargs)
+        return type(self).from_spec(self._spec, **{**self._given_backend_kwargs, **settings})
 
     def setup_module_and_optimizers(
         self, module: nn.Module, optimizers: list[torch.optim.Optimizer], *, move_to_device: bool = True

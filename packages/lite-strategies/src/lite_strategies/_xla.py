@@ -22,14 +22,15 @@ from torch.utils._pytree import tree_map_only
 import lite_collectives
 from lite_devices import move_to_device as _to_device  # setup_module_and_optimizers has a flag of that name
 from lite_strategies._errors import StrategyError
+from lite_strategies._registry import START_METHODS, get_strategy_spec
 from lite_strategies._strategy import Strategy
 from lite_strategies.launchers import Launcher
-from lite_strategies.launchers._spawn import START_METHODS as _START_METHODS
 
 _PathLike = str | os.PathLike[str]
 
-#: The precisions this strategy runs; others are refused at construction.
-XLA_PRECISIONS = ("32-true", "bf16-true")
+#: The precisions this strategy runs (its registry row's); others are refused at construction.
+XLA_PRECISIONS = get_strategy_spec("xla").precisions
+_START_METHODS = START_METHODS  # torch_xla's launcher takes the same two
 # lite op name -> torch_xla's reduce type (mean is a sum scaled by 1 / world size).
 _XLA_REDUCE = {
     "sum": "REDUCE_SUM",
@@ -95,13 +96,9 @@ class XLAStrategy(Strategy):
     accepted_kwargs: ClassVar[tuple[str, ...]] = ("start_method",)
 
     def __init__(self, *, accelerator: str = "xla", **kwargs: Any) -> None:
-        super().__init__(accelerator=accelerator, **kwargs)
-        if self.precision.name not in XLA_PRECISIONS:
-            raise StrategyError(
-                f"strategy 'xla' cannot run precision={self.precision.name!r}: it runs "
-                f"{', '.join(map(repr, XLA_PRECISIONS))} (bf16-true keeps the weights in bfloat16, "
-                "as TPUs compute natively)"
-            )
+        super().__init__(
+            accelerator=accelerator, **kwargs
+        )  # the row refuses precisions other than XLA_PRECISIONS
         start_method = self._backend_kwargs.pop("start_method", "spawn")
         if start_method not in _START_METHODS:
             raise StrategyError(

@@ -11,23 +11,23 @@ from lite_facade.plugins import environments
 from lite_precision import DoublePrecisionPlugin, NativeMixedPrecisionPlugin, Precision, PrecisionPlugin
 from lite_strategies import CheckpointIO, TorchCheckpointIO
 
-# name -> strategy registry name; the classes are fetched on first access (PEP 562).
+# seed name -> the lite_strategies class it is, fetched on first access (PEP 562).
 _STRATEGY_PLUGINS = {
-    "DeepSpeedPlugin": "deepspeed",
-    "DeepSpeedStrategy": "deepspeed",
-    "DDPPlugin": "ddp",
-    "DDPStrategy": "ddp",
-    "DDPSpawnPlugin": "ddp_spawn",
-    "DDPSpawnStrategy": "ddp_spawn",
-    "DataParallelPlugin": "dp",
-    "DataParallelStrategy": "dp",
-    "SingleDevicePlugin": "single_device",
-    "SingleDeviceStrategy": "single_device",
-    "DDPShardedPlugin": "ddp_sharded",
-    "DDPShardedStrategy": "ddp_sharded",
-    "FSDPStrategy": "fsdp",
-    "TPUSpawnPlugin": "tpu_spawn",
-    "TPUSpawnStrategy": "tpu_spawn",
+    "DeepSpeedPlugin": "DeepSpeedStrategy",
+    "DeepSpeedStrategy": "DeepSpeedStrategy",
+    "DDPPlugin": "DDPStrategy",
+    "DDPStrategy": "DDPStrategy",
+    "DDPSpawnPlugin": "DDPSpawnStrategy",
+    "DDPSpawnStrategy": "DDPSpawnStrategy",
+    "DataParallelPlugin": "DataParallelStrategy",
+    "DataParallelStrategy": "DataParallelStrategy",
+    "SingleDevicePlugin": "SingleDeviceStrategy",
+    "SingleDeviceStrategy": "SingleDeviceStrategy",
+    "DDPShardedPlugin": "DDPShardedStrategy",
+    "DDPShardedStrategy": "DDPShardedStrategy",
+    "FSDPStrategy": "FSDPStrategy",
+    "TPUSpawnPlugin": "XLAStrategy",
+    "TPUSpawnStrategy": "XLAStrategy",
 }
 
 __all__ = [
@@ -44,8 +44,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _STRATEGY_PLUGINS:
-        from lite_strategies import get_strategy_spec
+        import lite_strategies
 
         # The class imports without its backend; using it without the backend raises, naming the extra.
-        return get_strategy_spec(_STRATEGY_PLUGINS[name]).load(check_backend=False)
+        return getattr(lite_strategies, _STRATEGY_PLUGINS[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,3 +38,15 @@ class DeepSpeedPrecision(Precision):
 
 def _cast_floating(data: Any, dtype: torch.dtype) -> Any:
     return tree_map_only(torch.Tensor, lambda t: t.to(dtype) if t.is_floating_point() else t, data)
+
+
+def deepspeed_precision(precision: str, device_type: str) -> Precision:
+    """The deepspeed rows' precision plugin: DeepSpeed converts the model and scales the loss itself,
+    so only inputs and outputs are cast here.
+
+    The engine's dtype follows the precision flag; a user config with its own fp16/bf16
+    section is read (and the plugin rebuilt) by the strategy's constructor.
+    """
+    from lite_strategies.deepspeed._config import _PRECISION_SECTIONS, _SECTION_DTYPES
+
+    return DeepSpeedPrecision(precision, device_type, _SECTION_DTYPES[_PRECISION_SECTIONS[precision]])

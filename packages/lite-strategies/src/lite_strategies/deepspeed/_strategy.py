@@ -60,10 +60,6 @@ class DeepSpeedStrategy(ParallelStrategy):
         *ParallelStrategy.accepted_kwargs,
         *DeepSpeedOptions.names(),
     )
-    #: The defaults of the registry rows ``deepspeed_stage_3_offload`` & co. (subclasses below).
-    default_stage: ClassVar[int] = 2
-    default_offload_optimizer: ClassVar[bool] = False
-    default_offload_parameters: ClassVar[bool] = False
 
     def __init__(self, **kwargs: Any) -> None:
         from lite_strategies._registry import get_strategy_spec
@@ -72,11 +68,13 @@ class DeepSpeedStrategy(ParallelStrategy):
         super().__init__(**kwargs)  # checks the names: the common ones and those of DeepSpeedOptions
         names = [name for name in DeepSpeedOptions.names() if name in self._backend_kwargs]
         self._options = DeepSpeedOptions.from_kwargs({name: self._backend_kwargs.pop(name) for name in names})
+        # A row's init kwargs (``deepspeed_stage_3_offload`` & co.) are the defaults of its alias class.
+        row_defaults = self.spec.init_kwargs
         self._config, dtype = build_config(
             self._options,
-            default_stage=self.default_stage,
-            default_offload_optimizer=self.default_offload_optimizer,
-            default_offload_parameters=self.default_offload_parameters,
+            default_stage=row_defaults.get("stage", 2),
+            default_offload_optimizer=row_defaults.get("offload_optimizer", False),
+            default_offload_parameters=row_defaults.get("offload_parameters", False),
             precision=self.precision.name,
             device_type=self.devices[0].type,
         )
@@ -328,41 +326,33 @@ class DeepSpeedStrategy(ParallelStrategy):
 
 
 class DeepSpeedStage1Strategy(DeepSpeedStrategy):
-    """``deepspeed_stage_1``: optimizer states sharded."""
+    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_1`` row's init kwargs (stage 1)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_1"
-    default_stage: ClassVar[int] = 1
 
 
 class DeepSpeedStage2Strategy(DeepSpeedStrategy):
-    """``deepspeed_stage_2``: optimizer states and gradients sharded."""
+    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_2`` row's init kwargs (stage 2)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_2"
-    default_stage: ClassVar[int] = 2
 
 
 class DeepSpeedStage2OffloadStrategy(DeepSpeedStrategy):
-    """``deepspeed_stage_2_offload``: stage 2 with the optimizer states and step on the CPU."""
+    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_2_offload`` row's init kwargs (stage 2, optimizer offloaded)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_2_offload"
-    default_stage: ClassVar[int] = 2
-    default_offload_optimizer: ClassVar[bool] = True
 
 
 class DeepSpeedStage3Strategy(DeepSpeedStrategy):
-    """``deepspeed_stage_3``: optimizer states, gradients and parameters sharded."""
+    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_3`` row's init kwargs (stage 3)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_3"
-    default_stage: ClassVar[int] = 3
 
 
 class DeepSpeedStage3OffloadStrategy(DeepSpeedStrategy):
-    """``deepspeed_stage_3_offload``: stage 3 with optimizer and parameters offloaded to the CPU."""
+    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_3_offload`` row's init kwargs (stage 3, optimizer and parameters offloaded)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_3_offload"
-    default_stage: ClassVar[int] = 3
-    default_offload_optimizer: ClassVar[bool] = True
-    default_offload_parameters: ClassVar[bool] = True
 
 
 # ---------------------------------------------------------------------- process setup

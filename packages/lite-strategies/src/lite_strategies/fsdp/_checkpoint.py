@@ -106,7 +106,9 @@ def named_optimizer_state(
     }
 
 
-def consolidate_fsdp_checkpoint(path: str | os.PathLike[str], output_file: str | os.PathLike[str] | None = None) -> Any:
+def consolidate_fsdp_checkpoint(
+    path: str | os.PathLike[str], output_file: str | os.PathLike[str] | None = None
+) -> Any:
     """The state a sharded FSDP checkpoint directory holds, with every module and optimizer as a full state dict.
 
     Reads every shard in this one process (no process group, no GPU needed). Modules come back
@@ -135,4 +137,3 @@ def consolidate_fsdp_checkpoint(path: str | os.PathLike[str], output_file: str |
     if output_file is not None:
         TorchCheckpointIO().save_checkpoint(result, output_file)
     return result
-

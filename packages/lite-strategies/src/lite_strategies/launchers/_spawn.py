@@ -18,13 +18,12 @@ import torch
 import torch.multiprocessing as mp
 
 from lite_strategies._errors import StrategyError
+from lite_strategies._spec import START_METHODS
 from lite_strategies.launchers._base import rank_environment, run_in_this_process, start_parent_watchdog
 from lite_strategies.launchers._join import ProcessReport, join_processes
 
 if TYPE_CHECKING:
     from lite_strategies._strategy import Strategy
-
-START_METHODS = ("spawn", "fork")
 
 MAIN_GUARD_MESSAGE = dedent(
     """
