@@ -233,8 +233,14 @@ class Watch:
 
     # -- the background thread --------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, learn_peers: bool = False) -> None:
         self._publish("started")
+        if learn_peers:  # right after the rendezvous every rank is here: learn their pids now
+            try:
+                self.store.wait([f"rank/{r}" for r in range(self.size)], timedelta(seconds=10))
+                self._read_peers()
+            except Exception:  # the thread tries again later
+                pass
         self.thread = threading.Thread(target=self._loop, name="lite-collectives-watchdog", daemon=True)
         self.thread.start()
 
@@ -263,17 +269,20 @@ class Watch:
                 self.peers[r] = pickle.loads(self.store.get(f"rank/{r}"))
 
     def _gone_ranks(self, refresh: bool = False) -> dict[int, str]:
+        unreachable = ""
         if refresh:
             try:
                 self._read_peers()
             except Exception as exc:
-                return {0: f"is unreachable (it hosts the rendezvous store: {str(exc).splitlines()[0]})"}
+                unreachable = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         gone: dict[int, str] = {}
         for r, peer in self.peers.items():
             if peer.state in ("exited", "left"):
                 gone[r] = f"(pid {peer.pid} on {peer.host}) has exited"
             elif peer.host == self.host and not _alive(peer.pid):
                 gone[r] = f"(pid {peer.pid} on {peer.host}) is gone (its process no longer exists)"
+        if unreachable and 0 not in gone and self.rank != 0:
+            gone[0] = f"is unreachable (it hosts the rendezvous store: {unreachable})"
         return gone
 
     def _loop(self) -> None:
@@ -282,6 +291,11 @@ class Watch:
         reported: int | None = None
         previous: dict[int, Peer] = {}
         while not self.stopped and self.verdict is None:
+            if len(self.peers) < self.size - 1:  # learn the others' pids once, for when one dies
+                try:
+                    self._read_peers()
+                except Exception:
+                    pass
             position, since = self.current, self.since
             waited = time.monotonic() - since if position is not None else 0.0
             waiting = position is not None and waited > self.threshold
@@ -309,9 +323,9 @@ class Watch:
                     self._publish("idle", answered=asks)
                     answered = asks
             except Exception as exc:
-                if self.stopped or dist.group.WORLD is not self.pg:
-                    return
-                if waiting and position is self.current and self.rank != 0:
+                if self.stopped or dist.group.WORLD is not self.pg or not waiting:
+                    return  # the store is gone (rank 0 left): nobody is left to ask or answer
+                if position is self.current and self.rank != 0:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                     reason = (
                         f"rank 0 is unreachable (it hosts the rendezvous store: {first}), "
@@ -348,6 +362,12 @@ class Watch:
         rows += [f"  - rank {r}: {self.peers[r].describe()}" for r in sorted(self.peers)]
         reason = f"the ranks diverged: rank {self.rank} waits in {me.describe()}, rank(s) {differ} elsewhere."
         self.break_with(reason)
+        # The others see the same mismatch within a poll or two: let them raise this table too
+        # before this rank's exit closes its connections (they would then only see it gone).
+        self.store.set(f"diverged/{self.rank}", str(me.seq))
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and not self.store.check([f"diverged/{r}" for r in differ]):
+            time.sleep(0.05)
         return CollectiveDivergenceError(
             f"ranks are in different collectives (or the same one with different shapes or dtypes), "
             f"seen by rank {self.rank} after {time.monotonic() - self.since:.1f} s:\n"
@@ -405,6 +425,7 @@ def _start(pg: Any, store: Any = None, timeout: float | None = None) -> Watch | 
     global _watch, _atexit_registered
     if pg is None:
         return None
+    explicit = store is not None
     if _watch is not None:
         _watch.stop("left")
     if store is None:
@@ -425,7 +446,7 @@ def _start(pg: Any, store: Any = None, timeout: float | None = None) -> Watch | 
         idle_report=_env_seconds(IDLE_REPORT_ENV, DEFAULT_IDLE_REPORT_S),
     )
     if size > 1:
-        _watch.start()
+        _watch.start(learn_peers=explicit)
     if not _atexit_registered:
         atexit.register(_at_exit)
         _atexit_registered = True
