@@ -31,6 +31,9 @@ if __name__ == "__main__":
     strategy = sys.argv[1]
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     torch.set_num_threads(1)
+    if strategy == "ddp_fork":
+        # DDP imports torch._dynamo on first use (seconds): once here, every forked rank has it.
+        import torch._dynamo  # noqa: F401
     for _ in range(runs):
         Tiny(accelerator="cpu", strategy=strategy, devices=2).run()
     print("finished", flush=True)

@@ -136,12 +136,15 @@ def _end(watch: Watch | None) -> None:
 
 def _run(watch: Watch | None, op: str, group: Any, start: Callable[[], Any]) -> None:
     """Start one backend collective (``async_op=True``) and wait for it, bounded and watched."""
-    with _bounded(op, group):
+    try:
         work = start()
         if watch is None:
             work.wait()
         else:
             watch.wait(work)
+    except RuntimeError as exc:
+        with _bounded(op, group):
+            raise exc
 
 
 def _all_gather_into(watch: Watch | None, op: str, tensor: torch.Tensor, group: Any) -> torch.Tensor:

@@ -44,8 +44,9 @@ POLL_S = 0.25
 #: How often an idle rank's thread checks whether a waiting rank asked where it is.
 IDLE_POLL_S = 1.0
 TIMEOUT_HINT = (
-    "If the wait is legitimate (a slow step on one rank), raise the timeout: `timeout=` on the strategy "
-    "(e.g. DDPStrategy(timeout=...), a timedelta or seconds) or init_process_group(timeout=...)."
+    "If the wait is legitimate (a slow step on one rank), raise the timeout: `timeout=` on the strategy, "
+    "e.g. LightningLite(strategy=DDPStrategy(timeout=3600)) (seconds or a timedelta; default 30 minutes), "
+    "or init_process_group(timeout=...) when you start the group yourself."
 )
 
 _POLL = timedelta(seconds=POLL_S)
@@ -63,18 +64,18 @@ def _env_seconds(name: str, default: float) -> float:
         raise CollectiveTimeoutError(f"{name} must be a number of seconds, got {value!r}.") from None
 
 
-@dataclass
+@dataclass(slots=True)
 class Position:
     """Where one rank is: its n-th collective, which op, with what, called from where."""
 
     seq: int
     op: str
     meta: tuple[tuple[int, int, tuple[int, ...]], ...]  # (dtype code, ndim, shape) per tensor
-    site: str
+    site: tuple[str, int]
 
     def describe(self) -> str:
         tensors = ", ".join(f"{dtype_name(code)}{list(shape)}" for code, _, shape in self.meta)
-        return f"#{self.seq} {self.op}([{tensors}]) at {self.site}"
+        return f"#{self.seq} {self.op}([{tensors}]) at {self.site[0]}:{self.site[1]}"
 
 
 @dataclass
@@ -99,14 +100,24 @@ class Peer:
         return f"is in no collective (last: {where})"
 
 
-def call_site() -> str:
-    """file:line of the first caller outside the lite packages and torch."""
+_skipped: dict[Any, bool] = {}  # code object -> whether it belongs to a lite package or torch
+
+
+def _is_skipped(code: Any) -> bool:
+    found = _skipped.get(code)
+    if found is None:
+        found = _skipped[code] = any(d in code.co_filename for d in _SKIP_DIRS)
+    return found
+
+
+def call_site() -> tuple[str, int]:
+    """(file, line) of the first caller outside the lite packages and torch."""
     frame: Any = sys._getframe(2)
-    while frame is not None and any(d in frame.f_code.co_filename for d in _SKIP_DIRS):
+    while frame is not None and _is_skipped(frame.f_code):
         frame = frame.f_back
     if frame is None:
-        return "?"
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        return ("?", 0)
+    return (frame.f_code.co_filename, frame.f_lineno)
 
 
 def position_meta(tensors: list[torch.Tensor]) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
