@@ -33,7 +33,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     if strategy == "ddp_fork":
         # DDP imports torch._dynamo on first use (seconds): once here, every forked rank has it.
-        import torch._dynamo  # noqa: F401
+        import torch._dynamo
     for _ in range(runs):
         Tiny(accelerator="cpu", strategy=strategy, devices=2).run()
     print("finished", flush=True)

@@ -231,7 +231,9 @@ def _resolve_op(op: Any) -> str:
 # ---------------------------------------------------------------------------- public functions
 
 
-def all_gather(data: Any, group: Any | None = None, sync_grads: bool = False, *, same_shapes: bool = False) -> Any:
+def all_gather(
+    data: Any, group: Any | None = None, sync_grads: bool = False, *, same_shapes: bool = False
+) -> Any:
     """Gather a tensor, a number, or any collection of them from every rank.
 
     Each tensor of shape ``S`` comes back as one tensor of shape ``(world_size, *S)`` (rank order);
@@ -299,9 +301,16 @@ def all_gather_uneven(tensor: torch.Tensor, group: Any | None = None) -> list[to
         dims = list(tensor.shape)
         head = [dtype_code(tensor.dtype), tensor.dim(), *dims[:_UNEVEN_DIMS]]
         head += [0] * (2 + _UNEVEN_DIMS - len(head))
-        heads = _all_gather_into(
-            watch, "all_gather_uneven (size exchange)", torch.tensor(head, dtype=torch.int64, device=device), group
-        ).cpu().tolist()
+        heads = (
+            _all_gather_into(
+                watch,
+                "all_gather_uneven (size exchange)",
+                torch.tensor(head, dtype=torch.int64, device=device),
+                group,
+            )
+            .cpu()
+            .tolist()
+        )
         ndims = [row[1] for row in heads]
         if max(ndims) > _UNEVEN_DIMS:
             longest_ndim = max(ndims)
@@ -317,7 +326,9 @@ def all_gather_uneven(tensor: torch.Tensor, group: Any | None = None) -> list[to
                 f"  - rank {r}: {_describe([(shape, dtype_name(code))])}"
                 for r, (shape, code) in enumerate(zip(shapes, codes))
             )
-            raise CollectiveError(f"all_gather_uneven needs the same dtype on every rank, but they differ:\n{lines}")
+            raise CollectiveError(
+                f"all_gather_uneven needs the same dtype on every rank, but they differ:\n{lines}"
+            )
         numels = [math.prod(shape) for shape in shapes]
         longest = max(numels)
         flat = tensor.detach().reshape(-1)
@@ -359,7 +370,12 @@ def all_reduce(data: Any, op: Any = "sum", group: Any | None = None) -> Any:
             result = tensor.detach().clone()
             if name == "mean" and not (result.is_floating_point() or result.is_complex()):
                 result = result.to(torch.get_default_dtype())
-            _run(watch, "all_reduce", group, lambda: dist.all_reduce(result, op=reduce_op, group=group, async_op=True))
+            _run(
+                watch,
+                "all_reduce",
+                group,
+                lambda: dist.all_reduce(result, op=reduce_op, group=group, async_op=True),
+            )
             return result / _size(group) if name == "mean" else result
 
         return reduce(data) if single else tree_map_only(torch.Tensor, reduce, data)
@@ -407,7 +423,9 @@ def broadcast(obj: Any, src: int = 0, group: Any | None = None) -> Any:
         kind, code, ndim, count, *dims = header.cpu().tolist()
         if kind == 1:
             buffer = payload if payload is not None else torch.empty(count, dtype=torch.uint8, device=device)
-            _run(watch, "broadcast", group, lambda: dist.broadcast(buffer, src=src, group=group, async_op=True))
+            _run(
+                watch, "broadcast", group, lambda: dist.broadcast(buffer, src=src, group=group, async_op=True)
+            )
             return obj if me == src else tensor_to_object(buffer, count)
         if me == src:
             tensor = obj.detach().contiguous()
@@ -451,7 +469,9 @@ def gather_object(obj: Any, dst: int = 0, group: Any | None = None) -> list[Any]
         mine = _padded(payload, max(sizes))
         here = dist.get_rank() == dst
         out = [torch.empty_like(mine) for _ in sizes] if here else None
-        _run(watch, "gather_object", group, lambda: dist.gather(mine, out, dst=dst, group=group, async_op=True))
+        _run(
+            watch, "gather_object", group, lambda: dist.gather(mine, out, dst=dst, group=group, async_op=True)
+        )
         if out is None:
             return None
         return [tensor_to_object(buffer, n) for buffer, n in zip(out, sizes)]

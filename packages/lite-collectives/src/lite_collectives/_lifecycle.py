@@ -211,6 +211,7 @@ def _rendezvous(
         return dist.HashStore()
     agent = os.environ.get(_AGENT_STORE_VAR, "").lower() in ("1", "true")
     where = f"{address}:{port} (rank {rank} of {size}, timeout {rendezvous.total_seconds():g} s)"
+    store: Any
     if rank == 0 and not agent:
         sock = _listen(address, port, rank, size, rendezvous)
         fd = sock.detach()  # the store's server owns it from here
@@ -241,7 +242,9 @@ def _rendezvous(
         if time.monotonic() > deadline:
             joined = [r for r in range(size) if store.check([f"joined/{r}"])]
             missing = [r for r in range(size) if r not in joined]
-            nodes = sorted({store.get(f"joined/{r}").decode().split(" (node ")[-1].rstrip(")") for r in joined})
+            nodes = sorted(
+                {store.get(f"joined/{r}").decode().split(" (node ")[-1].rstrip(")") for r in joined}
+            )
             raise CollectiveTimeoutError(
                 f"rendezvous at {where} timed out: {len(joined)} of {size} ranks joined "
                 f"(from node(s) {', '.join(nodes)}); missing rank(s): {', '.join(map(str, missing))}. "

@@ -25,6 +25,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -32,7 +33,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lite_collectives._errors import CollectiveDivergenceError, CollectiveTimeoutError, ProcessGroupBrokenError
+from lite_collectives._errors import (
+    CollectiveDivergenceError,
+    CollectiveTimeoutError,
+    ProcessGroupBrokenError,
+)
 from lite_collectives._wire import dtype_code, dtype_name
 
 THRESHOLD_ENV = "LITE_COLLECTIVES_WATCHDOG_S"
@@ -50,10 +55,13 @@ TIMEOUT_HINT = (
 )
 
 _POLL = timedelta(seconds=POLL_S)
-_SKIP_DIRS = tuple(
-    f"{os.sep}{name}{os.sep}"
-    for name in ("lite_collectives", "lite_strategies", "lite_facade", "lite_precision", "lite_data")
-) + (f"{os.sep}torch{os.sep}",)
+_SKIP_DIRS = (
+    *(
+        f"{os.sep}{name}{os.sep}"
+        for name in ("lite_collectives", "lite_strategies", "lite_facade", "lite_precision", "lite_data")
+    ),
+    f"{os.sep}torch{os.sep}",
+)
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -70,11 +78,21 @@ class Position:
 
     seq: int
     op: str
-    meta: tuple[tuple[int, int, tuple[int, ...]], ...]  # (dtype code, ndim, shape) per tensor
     site: tuple[str, int]
+    #: The tensors, only while the collective runs; their description is made only when needed.
+    tensors: Sequence[torch.Tensor] = ()
+    meta: tuple[tuple[int, int, tuple[int, ...]], ...] | None = None  # (dtype code, ndim, shape) each
+
+    def settled(self) -> Position:
+        """A copy without the tensors, their shapes and dtypes written out (to publish)."""
+        tensors = self.tensors
+        if self.meta is None and tensors:
+            self.meta = position_meta(list(tensors))
+        return Position(self.seq, self.op, self.site, (), self.meta if self.meta is not None else ())
 
     def describe(self) -> str:
-        tensors = ", ".join(f"{dtype_name(code)}{list(shape)}" for code, _, shape in self.meta)
+        meta = self.meta if self.meta is not None else self.settled().meta or ()
+        tensors = ", ".join(f"{dtype_name(code)}{list(shape)}" for code, _, shape in meta)
         return f"#{self.seq} {self.op}([{tensors}]) at {self.site[0]}:{self.site[1]}"
 
 
@@ -83,7 +101,7 @@ class Peer:
     """What a rank published to the store."""
 
     rank: int
-    state: str  # "started", "waiting", "idle", "exited"
+    state: str  # "started", "waiting", "diverged", "idle", "exited", "left"
     position: Position | None
     waited: float
     pid: int
@@ -93,7 +111,7 @@ class Peer:
 
     def describe(self) -> str:
         where = self.position.describe() if self.position else "no collective yet"
-        if self.state == "waiting":
+        if self.state in ("waiting", "diverged"):
             return f"waits in {where} for {self.waited:.1f} s"
         if self.state in ("exited", "left"):
             return f"has {'exited' if self.state == 'exited' else 'left the process group'} (last collective: {where})"
@@ -158,13 +176,16 @@ class Watch:
             )
         self.seq += 1
         self.verdict = None
-        position = Position(self.seq, op, position_meta(tensors), call_site())
+        position = Position(self.seq, op, call_site(), tensors)
         self.since = time.monotonic()
         self.current = position
         return position
 
     def leave(self) -> None:
-        self.last, self.current = self.current, None
+        position = self.current
+        if position is not None:
+            position.tensors = ()  # the tensors are not kept alive past their collective
+        self.last, self.current = position, None
 
     def wait(self, work: Any, limit: float | None = None) -> None:
         """Wait for ``work`` in slices, raising the watchdog's verdict or a timeout as soon as known."""
@@ -211,6 +232,11 @@ class Watch:
         if "timed out" in text.lower() or "timeout" in text.lower():
             return self.timed_out(self.timeout, first)
         gone = self._gone_ranks(refresh=True)
+        deadline = time.monotonic() + 2.0
+        while not gone and time.monotonic() < deadline:
+            # A killed peer closes its sockets before the kernel shows it gone: look again shortly.
+            time.sleep(0.1)
+            gone = self._gone_ranks(refresh=True)
         here = self._where()
         if gone:
             names = "; ".join(f"rank {r} {why}" for r, why in gone.items())
@@ -233,7 +259,7 @@ class Watch:
                 continue
             lines.append(f"  - rank {r} (pid {peer.pid} on {peer.host}): {peer.describe()}")
             same = (
-                peer.state == "waiting"
+                peer.state in ("waiting", "diverged")
                 and me is not None
                 and peer.position is not None
                 and peer.position.seq == me.seq
@@ -270,7 +296,8 @@ class Watch:
 
     def _publish(self, state: str, waited: float = 0.0, answered: int = 0) -> None:
         self._beat = getattr(self, "_beat", 0) + 1
-        position = self.current if state == "waiting" else (self.current or self.last)
+        position = self.current if state in ("waiting", "diverged") else (self.current or self.last)
+        position = position.settled() if position is not None else None
         record = Peer(self.rank, state, position, waited, os.getpid(), self.host, self._beat, answered)
         self.store.set(f"rank/{self.rank}", pickle.dumps(record))
 
@@ -315,7 +342,7 @@ class Watch:
                 return
             try:
                 asks = int(self.store.add("asks", 0))
-                if waiting and position is self.current:
+                if waiting and position is not None and position is self.current:
                     if asked_for != position.seq:
                         asks = int(self.store.add("asks", 1))
                         asked_for = position.seq
@@ -336,7 +363,7 @@ class Watch:
             except Exception as exc:
                 if self.stopped or dist.group.WORLD is not self.pg or not waiting:
                     return  # the store is gone (rank 0 left): nobody is left to ask or answer
-                if position is self.current and self.rank != 0:
+                if position is not None and position is self.current and self.rank != 0:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                     reason = (
                         f"rank 0 is unreachable (it hosts the rendezvous store: {first}), "
@@ -357,7 +384,7 @@ class Watch:
         for r, peer in self.peers.items():
             before = previous.get(r)
             # A mismatch counts once the peer confirms it: a second, newer record at the same place.
-            confirmed = (
+            confirmed = peer.state == "diverged" or (
                 peer.state == "waiting"
                 and peer.position is not None
                 and before is not None
@@ -375,6 +402,7 @@ class Watch:
         self.break_with(reason)
         # The others see the same mismatch within a poll or two: let them raise this table too
         # before this rank's exit closes its connections (they would then only see it gone).
+        self._publish("diverged", time.monotonic() - self.since)
         self.store.set(f"diverged/{self.rank}", str(me.seq))
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline and not self.store.check([f"diverged/{r}" for r in differ]):
@@ -398,7 +426,7 @@ class Watch:
 
 
 def _mismatch(a: Position, b: Position) -> bool:
-    return a.seq != b.seq or a.op != b.op or a.meta != b.meta
+    return a.seq != b.seq or a.op != b.op or a.settled().meta != b.settled().meta
 
 
 def _alive(pid: int) -> bool:
