@@ -158,6 +158,7 @@ class Watch:
     since: float = 0.0
     last: Position | None = None
     verdict: BaseException | None = None
+    pending: BaseException | None = None  # a divergence found, while the others are being told
     broken: str | None = None
     peers: dict[int, Peer] = field(default_factory=dict)
     stopped: bool = False
@@ -175,7 +176,7 @@ class Watch:
                 "destroy_process_group() and init_process_group() again."
             )
         self.seq += 1
-        self.verdict = None
+        self.verdict = self.pending = None
         position = Position(self.seq, op, call_site(), tensors)
         self.since = time.monotonic()
         self.current = position
@@ -196,6 +197,15 @@ class Watch:
                 return
             except RuntimeError as exc:
                 if "Operation timed out" not in str(exc):
+                    # A peer that saw the divergence first may have exited already: when this
+                    # rank's thread is judging the same wait, its verdict says more.
+                    deadline = time.monotonic() + 1.0
+                    waited = time.monotonic() - self.since > self.threshold
+                    while waited and (self.verdict or self.pending) is None and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    verdict = self.pending or self.verdict
+                    if verdict is not None:
+                        raise verdict from exc
                     raise self.backend_failed(exc) from exc
             if self.verdict is not None:
                 raise self.verdict
@@ -288,6 +298,8 @@ class Watch:
         self.wake.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(5.0)
+        if isinstance(self.verdict or self.pending, CollectiveDivergenceError):
+            state = "diverged"  # what the slower ranks need to read, even after this one exited
         if self.size > 1:
             try:
                 self._publish(state)
@@ -361,6 +373,9 @@ class Watch:
                     self._publish("idle", answered=asks)
                     answered = asks
             except Exception as exc:
+                if self.pending is not None:  # told the others, then rank 0's store went away
+                    self.verdict = self.pending
+                    return
                 if self.stopped or dist.group.WORLD is not self.pg or not waiting:
                     return  # the store is gone (rank 0 left): nobody is left to ask or answer
                 if position is not None and position is self.current and self.rank != 0:
@@ -374,12 +389,6 @@ class Watch:
                     return
 
     def _judge(self, me: Position, previous: dict[int, Peer]) -> BaseException | None:
-        gone = self._gone_ranks()
-        if gone:
-            names = "; ".join(f"rank {r} {why}" for r, why in gone.items())
-            reason = f"{names}, while rank {self.rank} waited in {me.describe()}."
-            self.break_with(reason)
-            return ProcessGroupBrokenError(reason)
         differ = []
         for r, peer in self.peers.items():
             before = previous.get(r)
@@ -395,11 +404,26 @@ class Watch:
             if confirmed and peer.position is not None and _mismatch(me, peer.position):
                 differ.append(r)
         if not differ:
+            gone = self._gone_ranks()
+            if gone:
+                names = "; ".join(f"rank {r} {why}" for r, why in gone.items())
+                reason = f"{names}, while rank {self.rank} waited in {me.describe()}."
+                self.break_with(reason)
+                return ProcessGroupBrokenError(reason)
             return None
         rows = [f"  - rank {self.rank} (this rank): {me.describe()}"]
         rows += [f"  - rank {r}: {self.peers[r].describe()}" for r in sorted(self.peers)]
         reason = f"the ranks diverged: rank {self.rank} waits in {me.describe()}, rank(s) {differ} elsewhere."
         self.break_with(reason)
+        error = CollectiveDivergenceError(
+            f"ranks are in different collectives (or the same one with different shapes or dtypes), "
+            f"seen by rank {self.rank} after {time.monotonic() - self.since:.1f} s:\n"
+            + "\n".join(rows)
+            + "\nEvery rank must call the same collectives in the same order with the same shapes and "
+            "dtypes: look for a collective inside `if rank == 0:` (or another rank-dependent branch)."
+        )
+        # Known before telling the others: once they exit, this rank's wait fails with a backend error.
+        self.pending = error
         # The others see the same mismatch within a poll or two: let them raise this table too
         # before this rank's exit closes its connections (they would then only see it gone).
         self._publish("diverged", time.monotonic() - self.since)
@@ -407,13 +431,7 @@ class Watch:
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline and not self.store.check([f"diverged/{r}" for r in differ]):
             time.sleep(0.05)
-        return CollectiveDivergenceError(
-            f"ranks are in different collectives (or the same one with different shapes or dtypes), "
-            f"seen by rank {self.rank} after {time.monotonic() - self.since:.1f} s:\n"
-            + "\n".join(rows)
-            + "\nEvery rank must call the same collectives in the same order with the same shapes and "
-            "dtypes: look for a collective inside `if rank == 0:` (or another rank-dependent branch)."
-        )
+        return error
 
     def _print_idle_report(self, waited: float) -> None:
         _, lines = self._report_lines()
