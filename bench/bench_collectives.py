@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import sys
 import time
@@ -71,7 +72,11 @@ def _variants(world: int, sub: Any) -> dict[str, dict[str, Any]]:
 
 def _rank(rank: int, world: int, port: int, rounds: int, calls: int, queue: Any) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
     lc.init_process_group(timeout=120)
@@ -99,11 +104,11 @@ def _rank(rank: int, world: int, port: int, rounds: int, calls: int, queue: Any)
 
 
 def measure(rounds: int, calls: int, world: int = 2) -> dict[str, dict[str, float]]:
-    from lite_testing import free_port
-
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     procs = [ctx.Process(target=_rank, args=(r, world, port, rounds, calls, queue)) for r in range(world)]
     for p in procs:
         p.start()
