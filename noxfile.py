@@ -157,7 +157,9 @@ def backend_tests(
     A backend's tests are ``packages/lite-strategies/tests/test_<backend>_*.py`` and
     ``integration_tests/test_<backend>_*.py``; elsewhere (no backend installed) they skip.
     """
-    install_wheels(session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS)
+    # numpy: torch's distributed checkpoint (FSDP) and DeepSpeed use torch's object collectives,
+    # which need it; lite's own collectives do not.
+    install_wheels(session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS, "numpy")
     if requirements:
         # torch is already installed (pinned): a backend that builds against it must see it.
         session.install(*install_args, *requirements, TORCH)
