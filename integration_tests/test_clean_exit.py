@@ -17,6 +17,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 PROGRAM = Path(__file__).with_name("clean_exit_program.py")
 RUNS = int(os.environ.get("LITE_CLEAN_EXIT_RUNS", "20"))
 BAD_SIGNS = ("terminate called", "Aborted", "core dumped", "Traceback")
@@ -38,6 +40,7 @@ def _script_relaunch_runs() -> list[tuple[int, str]]:
         return list(pool.map(lambda _: _once("ddp"), range(RUNS)))
 
 
+@pytest.mark.timeout(300 + 30 * RUNS)  # about 2 minutes on an idle 2-core machine, 6 under load
 def test_every_launcher_exits_cleanly_every_time() -> None:
     with ThreadPoolExecutor(3) as pool:
         relaunch = pool.submit(_script_relaunch_runs)
