@@ -29,7 +29,7 @@ def _once(*args: str) -> tuple[int, str]:
         [sys.executable, "-W", "ignore", str(PROGRAM), *args],
         capture_output=True,
         text=True,
-        timeout=120 + 10 * RUNS,
+        timeout=120 + 30 * RUNS,  # spawn: each run starts two fresh interpreters
         cwd=PROGRAM.parent,
     )
     return proc.returncode, proc.stdout + proc.stderr
@@ -41,7 +41,7 @@ def _script_relaunch_runs() -> list[tuple[int, str]]:
 
 
 # 20 runs of each launcher took about 6 minutes on a loaded 2-core machine: more than the default.
-@pytest.mark.timeout(300 + 30 * RUNS)
+@pytest.mark.timeout(300 + 45 * RUNS)
 def test_every_launcher_exits_cleanly_every_time() -> None:
     with ThreadPoolExecutor(3) as pool:
         relaunch = pool.submit(_script_relaunch_runs)
