@@ -31,7 +31,20 @@ PACKAGES = [
 ]
 TORCH = os.environ.get("LITE_TORCH", "torch==2.13.0")
 PYTHON = os.environ.get("LITE_PYTHON", "3.11")
-TEST_TOOLS = ["pytest>=8", "pytest-timeout", "hypothesis", "numpy"]
+# No numpy: torch does not need it, so no package may, and a hidden import must fail CI.
+TEST_TOOLS = ["pytest>=8", "pytest-timeout", "hypothesis"]
+# Packages whose tests take numpy values as inputs (np.int64, np.ndarray): numpy is installed for them.
+NUMPY_INPUT_PACKAGES = {"lite-devices", "lite-precision"}
+# Tests that check what happens to numpy where it is installed (its generator seeded): they skip
+# in the numpy-free run, then run again once numpy is installed.
+NUMPY_TESTS = {
+    "lite-data": ["tests/test_data_seed.py"],
+}
+# Integration tests that need numpy or scikit-learn (the image-classifier example, numpy seeding).
+INTEGRATION_NUMPY_TESTS = [
+    "test_examples.py::test_image_classifier",
+    "test_spec_snippets.py::test_seed_everything_snippet",
+]
 # Optional backends with a session of their own (`nox -s fsdp` ...); xla is opt-in, outside CI.
 BACKENDS = ["fsdp", "fairscale", "deepspeed", "xla"]
 
@@ -95,7 +108,8 @@ def install_wheels(session: nox.Session, packages: list[str], *extra: str, torch
 @nox.parametrize("package", PACKAGES)
 def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests with only that package's closure installed (built wheels)."""
-    install_wheels(session, [*closure(package), "lite-testing"], *TEST_TOOLS)
+    numpy = ["numpy"] if package in NUMPY_INPUT_PACKAGES else []
+    install_wheels(session, [*closure(package), "lite-testing"], *TEST_TOOLS, *numpy)
     tests_dir = PACKAGES_DIR / package / "tests"
     env = {"PYTHONDONTWRITEBYTECODE": "1"}
     third_party = tests_dir / "third_party_strategy"
@@ -110,14 +124,21 @@ def tests(session: nox.Session, package: str) -> None:
     if readme_example.exists():
         # The README's stand-alone example, under a real launcher with two processes.
         session.run("python", "-m", "torch.distributed.run", "--nproc_per_node", "2", str(readme_example))
+    if package in NUMPY_TESTS:
+        session.install("numpy")
+        files = [str(PACKAGES_DIR / package / f) for f in NUMPY_TESTS[package]]
+        session.run("pytest", *files, *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
 
 
 @nox.session(python=PYTHON)
 def integration(session: nox.Session) -> None:
     """The facade across every combination this machine can run."""
-    install_wheels(session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS, "scikit-learn", "tqdm")
+    install_wheels(session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS, "tqdm")
     skip_backends = [f"--ignore-glob=*/test_{backend}_*.py" for backend in BACKENDS]  # their own sessions
-    session.run("pytest", str(ROOT / "integration_tests"), *skip_backends, *session.posargs)
+    tests = ROOT / "integration_tests"
+    session.run("pytest", str(tests), *skip_backends, *session.posargs)  # without numpy
+    session.install("numpy", "scikit-learn")
+    session.run("pytest", *(str(tests / t) for t in INTEGRATION_NUMPY_TESTS), *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -140,7 +161,9 @@ def backend_tests(
     A backend's tests are ``packages/lite-strategies/tests/test_<backend>_*.py`` and
     ``integration_tests/test_<backend>_*.py``; elsewhere (no backend installed) they skip.
     """
-    install_wheels(session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS)
+    # numpy: torch's distributed checkpoint (FSDP) and DeepSpeed use torch's object collectives,
+    # which need it; lite's own collectives do not.
+    install_wheels(session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS, "numpy")
     if requirements:
         # torch is already installed (pinned): a backend that builds against it must see it.
         session.install(*install_args, *requirements, TORCH)

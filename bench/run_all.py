@@ -80,6 +80,7 @@ def main() -> None:
         "bench_launch.py", "--repeats", "2" if q else "9", "--launch-repeats", "1" if q else "3"
     )
     ckpt = run_json("bench_checkpoint.py", "--rounds", "2" if q else "7")
+    collectives = run_json("bench_collectives.py", "--rounds", "3" if q else "21")
     load_after = os.getloadavg()
 
     lines = [
@@ -179,6 +180,18 @@ def main() -> None:
         f"{med['torch.save + fsync']:.3f} | {verdict(med['lite.save (fsync=True)'] / med['torch.save + fsync'], 1.05)} |",
         f"| load vs `torch.load(weights_only=True)` | {med['lite.load']:.3f} | {med['torch.load']:.3f} | "
         f"{verdict(med['lite.load'] / med['torch.load'], 1.05)} |",
+        "",
+    ]
+    sys.path.insert(0, str(HERE))
+    from bench_collectives import __doc__ as collectives_doc
+    from bench_collectives import table as collectives_table
+
+    lines += [
+        "## Collectives, two gloo processes",
+        "",
+        collectives_doc.split("\n\n", 2)[2].strip(),
+        "",
+        collectives_table(collectives),
         "",
     ]
     Path(args.out).write_text("\n".join(lines))

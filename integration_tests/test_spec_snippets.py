@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -447,6 +446,8 @@ def test_setup_dataloaders_snippet(replace_sampler: bool, expected: list[int]) -
 
 class SeedLite(LightningLite):
     def run(self) -> list[Any]:
+        import numpy as np
+
         draws = []
         for _ in range(2):
             # Instead of `torch.manual_seed(...)`, call:
@@ -456,6 +457,7 @@ class SeedLite(LightningLite):
 
 
 def test_seed_everything_snippet(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("numpy")  # the snippet draws from numpy too (nox runs it once numpy is installed)
     for name in (
         "PL_GLOBAL_SEED",
         "PL_SEED_WORKERS",

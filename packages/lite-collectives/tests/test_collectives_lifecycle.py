@@ -96,6 +96,8 @@ def _rendezvous_errors(rank: int, world: int, taken_port: int, silent_port: int)
     os.environ["MASTER_PORT"] = str(silent_port)
     out["timeout"] = _raises(lc.init_process_group, _environment(2, 0), timeout=1)
     out["env_restored"] = os.environ["MASTER_PORT"] == str(silent_port)
+    # A node that never arrives, seen from the other side: rank 1 finds no rank 0 to join.
+    out["no_main"] = _raises(lc.init_process_group, _environment(2, 1), timeout=1)
     del os.environ["MASTER_PORT"]
     out["no_port"] = _raises(lc.init_process_group, _environment(2, 1), timeout=5)
     out["bad_rank"] = _raises(lc.init_process_group, _environment(2, 2), timeout=5)
@@ -122,7 +124,11 @@ def test_rendezvous_failures_are_clear() -> None:
     assert out["timeout"].startswith(
         f"CollectiveTimeoutError: rendezvous at 127.0.0.1:{silent} (rank 0 of 2, timeout 1 s)"
     )
-    assert "timed out" in out["timeout"]
+    assert "timed out: 1 of 2 ranks joined (from node(s) 0); missing rank(s): 1." in out["timeout"]
+    assert out["no_main"].startswith(
+        f"CollectiveTimeoutError: rendezvous at 127.0.0.1:{silent} (rank 1 of 2, timeout 1 s) timed out: "
+        "rank 1 could not reach the store of rank 0"
+    )
     assert out["env_restored"]
     assert out["no_port"].startswith("ClusterEnvironmentError: rank 1 of 2 cannot guess the port")
     assert "MASTER_PORT" in out["no_port"]
@@ -131,3 +137,40 @@ def test_rendezvous_failures_are_clear() -> None:
         assert out["no_nccl"].startswith("CollectiveError: backend 'nccl' is not available")
     assert out["initialized_after_errors"] is False
     assert torch.equal(out["single"], torch.tensor([[5.0]]))
+
+
+def _listening_addresses() -> list[str]:
+    """The local addresses of this process's listening TCP sockets, from /proc (what `ss -ltnp` shows)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and inode in inodes:  # 0A: LISTEN
+                    found.append(local)
+    return found
+
+
+def _listens(rank: int, world: int) -> list[str]:
+    lc.init_process_group(timeout=20)
+    lc.all_reduce(torch.ones(1))  # gloo's own connections are up
+    addresses = _listening_addresses()
+    lc.destroy_process_group()
+    return addresses
+
+
+def test_single_node_run_listens_on_loopback_only() -> None:
+    results = run_processes(_listens, 2, init=False, timeout=40)
+    loopback = ("0100007F:", "00000000000000000000000001000000:", "0000000000000000FFFF00000100007F:")
+    assert results[0], "rank 0 must listen (the rendezvous store)"
+    for addresses in results:
+        assert all(a.startswith(loopback) for a in addresses), addresses

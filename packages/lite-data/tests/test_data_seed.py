@@ -7,16 +7,22 @@ import random
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lite_data import SeedError, reset_seed, seed_everything, worker_init_function
 
+try:  # lite-data does not need numpy; where it is installed, its generator is seeded too
+    import numpy as np
+except ImportError:
+    np = None
 
-def _draw() -> tuple[float, float, float]:
-    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+def _draw() -> tuple[float, ...]:
+    """One value from each generator seed_everything seeds: python, torch, and numpy where installed."""
+    numpy = (float(np.random.rand()),) if np is not None else ()
+    return (random.random(), float(torch.rand(1)), *numpy)
 
 
 def test_seed_everything_seeds_every_generator_and_sets_env(seed_env: pytest.MonkeyPatch) -> None:
@@ -58,7 +64,10 @@ def test_explicit_invalid_seed_raises(seed_env: pytest.MonkeyPatch, bad: object)
     assert "PL_GLOBAL_SEED" not in os.environ
 
 
-@pytest.mark.parametrize(("given", "expected"), [(0, 0), (2**32 - 1, 2**32 - 1), (np.int64(5), 5), ("9", 9)])
+INTEGER_LIKES = [(0, 0), (2**32 - 1, 2**32 - 1), ("9", 9)] + ([(np.int64(5), 5)] if np is not None else [])
+
+
+@pytest.mark.parametrize(("given", "expected"), INTEGER_LIKES)
 def test_seed_accepts_integer_likes(seed_env: pytest.MonkeyPatch, given: object, expected: int) -> None:
     assert seed_everything(given) == expected  # type: ignore[arg-type]
 
@@ -73,7 +82,7 @@ def test_reset_seed_reapplies_env_seed(seed_env: pytest.MonkeyPatch) -> None:
     assert os.environ["PL_SEED_WORKERS"] == "1"
 
 
-def _streams_after_worker_init(worker_id: int, rank: int, base_seed: int) -> tuple[float, float, float]:
+def _streams_after_worker_init(worker_id: int, rank: int, base_seed: int) -> tuple[float, ...]:
     torch.manual_seed(base_seed + worker_id)  # what torch does in worker ``worker_id``
     worker_init_function(worker_id, rank=rank)
     return _draw()
@@ -84,7 +93,7 @@ def test_worker_init_function_distinct_per_rank_and_worker_and_reproducible(
 ) -> None:
     keys = [(rank, worker) for rank in range(3) for worker in range(3)]
     draws = {key: _streams_after_worker_init(key[1], key[0], base_seed=1000) for key in keys}
-    for generator in range(3):  # each of torch, random, numpy separately
+    for generator in range(len(_draw())):  # each of random, torch (and numpy) separately
         values = [draw[generator] for draw in draws.values()]
         assert len(set(values)) == len(keys)
     assert _streams_after_worker_init(1, 2, base_seed=1000) == draws[(2, 1)]
@@ -104,7 +113,7 @@ class _RandomItems(Dataset[torch.Tensor]):
     def __getitem__(self, index: int) -> torch.Tensor:
         info = torch.utils.data.get_worker_info()
         assert info is not None
-        return torch.tensor([info.id, torch.rand(1).item(), random.random(), np.random.rand()])
+        return torch.tensor([info.id, *_draw()])
 
 
 def _worker_draws(rank: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Functional collectives, process-group lifecycle and cluster environments for PyTorch.
 
 Every collective is the identity (or a no-op) in a single process, so the same code runs with
-and without ``torch.distributed``; every wait is bounded by a timeout.
+and without ``torch.distributed``; every wait is bounded by a timeout, and a watchdog reports
+ranks that diverge within seconds. Needs torch only (not numpy).
 """
 
 from lite_collectives._collectives import (
@@ -25,7 +26,13 @@ from lite_collectives._environments import (
     TorchElasticEnvironment,
     detect_environment,
 )
-from lite_collectives._errors import ClusterEnvironmentError, CollectiveError, CollectiveTimeoutError
+from lite_collectives._errors import (
+    ClusterEnvironmentError,
+    CollectiveDivergenceError,
+    CollectiveError,
+    CollectiveTimeoutError,
+    ProcessGroupBrokenError,
+)
 from lite_collectives._lifecycle import default_backend, destroy_process_group, init_process_group
 from lite_collectives._ranks import (
     global_rank,
@@ -59,6 +66,8 @@ __all__ = [
     # errors
     "CollectiveError",
     "CollectiveTimeoutError",
+    "CollectiveDivergenceError",
+    "ProcessGroupBrokenError",
     "ClusterEnvironmentError",
     # environments
     "ClusterEnvironment",

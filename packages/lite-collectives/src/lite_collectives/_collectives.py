@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -18,13 +18,35 @@ import torch
 import torch.distributed as dist
 from torch.utils._pytree import tree_leaves, tree_map_only
 
-from lite_collectives._errors import CollectiveError, CollectiveTimeoutError
+from lite_collectives._errors import CollectiveError, CollectiveTimeoutError, ProcessGroupBrokenError
 from lite_collectives._lifecycle import as_timeout, group_timeout
 from lite_collectives._ranks import is_initialized
+from lite_collectives._watchdog import TIMEOUT_HINT, Watch, watch_for
+from lite_collectives._wire import (
+    DTYPES,
+    decode_meta,
+    dtype_code,
+    dtype_name,
+    encode_meta,
+    object_to_tensor,
+    signature,
+    tensor_to_object,
+)
 
 # Set to 1 to compare every rank's tensor shapes and dtypes before all_reduce (costs one
 # extra collective per call); all_gather always compares them.
 DEBUG_ENV = "LITE_COLLECTIVES_DEBUG"
+
+# torch 2.13 renamed all_gather_into_tensor (the old name warns); the packages support older torch too.
+_ALL_GATHER_SINGLE = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+_REDUCE_OPS = {
+    "sum": dist.ReduceOp.SUM,
+    "mean": dist.ReduceOp.SUM,  # then divided: gloo has no AVG
+    "max": dist.ReduceOp.MAX,
+    "min": dist.ReduceOp.MIN,
+    "product": dist.ReduceOp.PRODUCT,
+}
 
 _OPS = {
     "sum": "sum",
@@ -77,19 +99,21 @@ def _bounded(op: str, group: Any, timeout: timedelta | None = None) -> Iterator[
     """Turn a backend timeout during ``op`` into a CollectiveTimeoutError naming ``op``."""
     try:
         yield
-    except (CollectiveError, CollectiveTimeoutError):
+    except (CollectiveError, CollectiveTimeoutError, ProcessGroupBrokenError):
         raise
     except RuntimeError as exc:
         if not _is_timeout(exc):
             raise
+        watch = watch_for(group)
         limit = timeout or group_timeout()
         after = f" after {limit.total_seconds():g} s" if limit is not None else ""
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        if watch is not None and limit is not None:
+            raise watch.timed_out(limit.total_seconds(), first_line) from exc
         raise CollectiveTimeoutError(
             f"{op} timed out{after} on rank {_rank(group)} of {_size(group)}: not every rank reached this "
             f"{op} (a rank skipped it, crashed, or is busy elsewhere). Make every rank call the same "
-            f"collectives in the same order, or raise the timeout (init_process_group(timeout=...)). "
-            f"Backend said: {first_line}"
+            f"collectives in the same order. {TIMEOUT_HINT} Backend said: {first_line}"
         ) from exc
 
 
@@ -97,29 +121,65 @@ def _describe(meta: list[tuple[tuple[int, ...], str]]) -> str:
     return "[" + ", ".join(f"{dtype.removeprefix('torch.')}{list(shape)}" for shape, dtype in meta) + "]"
 
 
-def _check_same_metadata(op: str, tensors: list[torch.Tensor], group: Any, hint: str = "") -> None:
+def _begin(op: str, tensors: list[torch.Tensor], group: Any) -> Watch | None:
+    """Record where this rank is (in memory only) and return the watchdog, or None for a sub-group."""
+    watch = watch_for(group)
+    if watch is not None:
+        watch.enter(op, tensors)
+    return watch
+
+
+def _end(watch: Watch | None) -> None:
+    if watch is not None:
+        watch.leave()
+
+
+def _run(watch: Watch | None, op: str, group: Any, start: Callable[[], Any]) -> None:
+    """Start one backend collective (``async_op=True``) and wait for it, bounded and watched."""
+    try:
+        work = start()
+        if watch is None:
+            work.wait()
+        else:
+            watch.wait(work)
+    except RuntimeError as exc:
+        with _bounded(op, group):
+            raise exc
+
+
+def _all_gather_into(watch: Watch | None, op: str, tensor: torch.Tensor, group: Any) -> torch.Tensor:
+    """``(world_size, *tensor.shape)``: every rank's ``tensor``, in one backend collective."""
+    flat = tensor.contiguous().view(-1)
+    out = flat.new_empty(_size(group) * flat.numel())
+    _run(watch, op, group, lambda: _ALL_GATHER_SINGLE(out, flat, group=group, async_op=True))
+    return out.view(_size(group), *tensor.shape)
+
+
+def _check_same_metadata(
+    op: str, tensors: list[torch.Tensor], group: Any, watch: Watch | None, hint: str = ""
+) -> None:
     """Compare every rank's tensor shapes and dtypes; on any difference raise, listing each rank's.
 
-    Every rank sees the same gathered table, so every rank raises together (no rank is left waiting).
+    One small tensor collective when they agree (a fixed-width signature); a second one, of the
+    full descriptions, only to write the error. Every rank sees the same table, so every rank
+    raises together (no rank is left waiting).
     """
-    mine = [(tuple(t.shape), str(t.dtype)) for t in tensors]
-    everyone: list[Any] = [None] * _size(group)
-    with _bounded(f"{op} (shape check)", group):
-        dist.all_gather_object(everyone, mine, group=group)
-    if all(meta == everyone[0] for meta in everyone):
+    encoding = encode_meta(tensors)
+    device = _default_device(group)
+    mine = torch.tensor(signature(encoding), dtype=torch.int64, device=device)
+    everyone = _all_gather_into(watch, f"{op} (shape check)", mine, group)
+    if bool((everyone == everyone[0]).all()):
         return
-    lines = "\n".join(f"  - rank {r}: {_describe(meta)}" for r, meta in enumerate(everyone))
+    longest = int(everyone[:, 0].max())
+    padded = torch.zeros(longest, dtype=torch.int64, device=device)
+    padded[: len(encoding)] = torch.tensor(encoding, dtype=torch.int64)
+    full = _all_gather_into(watch, f"{op} (shape report)", padded, group).cpu().tolist()
+    metas = [decode_meta(row) for row in full]
+    lines = "\n".join(f"  - rank {r}: {_describe(meta)}" for r, meta in enumerate(metas))
     raise CollectiveError(
         f"{op} needs tensors of the same shape and dtype on every rank, but they differ "
         f"(this is rank {_rank(group)}):\n{lines}" + (f"\n{hint}" if hint else "")
     )
-
-
-def _gather_tensor(tensor: torch.Tensor, group: Any) -> torch.Tensor:
-    tensor = tensor.contiguous()
-    out = [torch.empty_like(tensor) for _ in range(_size(group))]
-    dist.all_gather(out, tensor, group=group)
-    return torch.stack(out)
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -130,17 +190,21 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any, watch: Watch | None) -> torch.Tensor:
         ctx.group = group
         ctx.rank = _rank(group)
-        return _gather_tensor(tensor, group)
+        return _all_gather_into(watch, "all_gather", tensor, group)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         grad = grads[0].contiguous().clone()
-        with _bounded("all_gather backward (all_reduce of gradients)", ctx.group):
-            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad[ctx.rank], None
+        op = "all_gather backward (all_reduce of gradients)"
+        watch = _begin(op, [grad], ctx.group)
+        try:
+            _run(watch, op, ctx.group, lambda: dist.all_reduce(grad, group=ctx.group, async_op=True))
+        finally:
+            _end(watch)
+        return grad[ctx.rank], None, None
 
 
 def _resolve_op(op: Any) -> str:
@@ -167,14 +231,18 @@ def _resolve_op(op: Any) -> str:
 # ---------------------------------------------------------------------------- public functions
 
 
-def all_gather(data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
+def all_gather(
+    data: Any, group: Any | None = None, sync_grads: bool = False, *, same_shapes: bool = False
+) -> Any:
     """Gather a tensor, a number, or any collection of them from every rank.
 
     Each tensor of shape ``S`` comes back as one tensor of shape ``(world_size, *S)`` (rank order);
     Python numbers are turned into tensors first. In a single process (no process group) the
     data is returned as is, without the leading dimension, as LightningLite does.
-    Shapes and dtypes must agree across ranks: if they differ, every rank raises
-    :class:`CollectiveError` listing each rank's shapes (use :func:`all_gather_uneven`).
+    Shapes and dtypes must agree across ranks: one small tensor collective compares them first
+    and, if they differ, every rank raises :class:`CollectiveError` listing each rank's shapes
+    (use :func:`all_gather_uneven`). ``same_shapes=True`` skips that comparison (raw torch's cost)
+    when the caller knows they agree; a mismatch is then caught by the watchdog instead.
     With ``sync_grads=True`` the result stays in the autograd graph and the backward pass sums
     every rank's gradient for this rank's tensor.
 
@@ -183,29 +251,42 @@ def all_gather(data: Any, group: Any | None = None, sync_grads: bool = False) ->
     """
     if not is_initialized():
         return _numbers_to_tensors(data, torch.device("cpu"))
-    data = _numbers_to_tensors(data, _default_device(group))
-    _check_same_metadata(
-        "all_gather",
-        _tensors(data),
-        group,
-        hint="Use all_gather_uneven(tensor) to gather tensors whose shapes differ across ranks.",
-    )
+    single = isinstance(data, torch.Tensor)
+    if not single:
+        data = _numbers_to_tensors(data, _default_device(group))
+    tensors = [data] if single else _tensors(data)
+    watch = _begin("all_gather", tensors, group)
+    try:
+        if not same_shapes:
+            _check_same_metadata(
+                "all_gather",
+                tensors,
+                group,
+                watch,
+                hint="Use all_gather_uneven(tensor) to gather tensors whose shapes differ across ranks.",
+            )
 
-    def gather(tensor: torch.Tensor) -> torch.Tensor:
-        with _bounded("all_gather", group):
+        def gather(tensor: torch.Tensor) -> torch.Tensor:
             if sync_grads:
-                gathered: torch.Tensor = _AllGatherWithGrad.apply(tensor, group)
+                gathered: torch.Tensor = _AllGatherWithGrad.apply(tensor, group, watch)
                 return gathered
-            return _gather_tensor(tensor.detach(), group)
+            return _all_gather_into(watch, "all_gather", tensor.detach(), group)
 
-    return tree_map_only(torch.Tensor, gather, data)
+        return gather(data) if single else tree_map_only(torch.Tensor, gather, data)
+    finally:
+        _end(watch)
+
+
+# How many dimensions the first size exchange of all_gather_uneven carries; more take a second one.
+_UNEVEN_DIMS = 6
 
 
 def all_gather_uneven(tensor: torch.Tensor, group: Any | None = None) -> list[torch.Tensor]:
     """Gather one tensor per rank whose shape may differ across ranks; return each rank's exact tensor.
 
-    Pads every rank's flattened tensor to the largest size, gathers, then trims and reshapes
-    each slice to its rank's shape. Dtypes must agree. In a single process: ``[tensor]``.
+    One size exchange (a small integer tensor), then every rank's flattened tensor padded to the
+    largest size is gathered, trimmed and reshaped to its rank's shape. Dtypes must agree.
+    In a single process: ``[tensor]``.
 
     >>> all_gather_uneven(torch.arange(3))
     [tensor([0, 1, 2])]
@@ -214,22 +295,48 @@ def all_gather_uneven(tensor: torch.Tensor, group: Any | None = None) -> list[to
         raise CollectiveError(f"all_gather_uneven takes one tensor, got {type(tensor).__name__}.")
     if not is_initialized():
         return [tensor]
-    mine = (tuple(tensor.shape), str(tensor.dtype))
-    everyone: list[Any] = [None] * _size(group)
-    with _bounded("all_gather_uneven (shape exchange)", group):
-        dist.all_gather_object(everyone, mine, group=group)
-    if len({dtype for _, dtype in everyone}) > 1:
-        lines = "\n".join(f"  - rank {r}: {_describe([meta])}" for r, meta in enumerate(everyone))
-        raise CollectiveError(
-            f"all_gather_uneven needs the same dtype on every rank, but they differ:\n{lines}"
+    watch = _begin("all_gather_uneven", [], group)
+    try:
+        device = _default_device(group)
+        dims = list(tensor.shape)
+        head = [dtype_code(tensor.dtype), tensor.dim(), *dims[:_UNEVEN_DIMS]]
+        head += [0] * (2 + _UNEVEN_DIMS - len(head))
+        heads = (
+            _all_gather_into(
+                watch,
+                "all_gather_uneven (size exchange)",
+                torch.tensor(head, dtype=torch.int64, device=device),
+                group,
+            )
+            .cpu()
+            .tolist()
         )
-    numels = [math.prod(shape) for shape, _ in everyone]
-    longest = max(numels)
-    flat = tensor.detach().reshape(-1)
-    padded = torch.cat([flat, flat.new_zeros(longest - flat.numel())]) if flat.numel() < longest else flat
-    with _bounded("all_gather_uneven", group):
-        gathered = _gather_tensor(padded, group)
-    return [gathered[r, :n].reshape(shape) for r, (n, (shape, _)) in enumerate(zip(numels, everyone))]
+        ndims = [row[1] for row in heads]
+        if max(ndims) > _UNEVEN_DIMS:
+            longest_ndim = max(ndims)
+            mine = torch.zeros(longest_ndim, dtype=torch.int64, device=device)
+            mine[: len(dims)] = torch.tensor(dims, dtype=torch.int64)
+            rows = _all_gather_into(watch, "all_gather_uneven (shape exchange)", mine, group).cpu().tolist()
+        else:
+            rows = [row[2:] for row in heads]
+        shapes = [tuple(row[:n]) for row, n in zip(rows, ndims)]
+        codes = [row[0] for row in heads]
+        if len(set(codes)) > 1:
+            lines = "\n".join(
+                f"  - rank {r}: {_describe([(shape, dtype_name(code))])}"
+                for r, (shape, code) in enumerate(zip(shapes, codes))
+            )
+            raise CollectiveError(
+                f"all_gather_uneven needs the same dtype on every rank, but they differ:\n{lines}"
+            )
+        numels = [math.prod(shape) for shape in shapes]
+        longest = max(numels)
+        flat = tensor.detach().reshape(-1)
+        padded = torch.cat([flat, flat.new_zeros(longest - flat.numel())]) if flat.numel() < longest else flat
+        gathered = _all_gather_into(watch, "all_gather_uneven", padded, group)
+        return [gathered[r, :n].reshape(shape) for r, (n, shape) in enumerate(zip(numels, shapes))]
+    finally:
+        _end(watch)
 
 
 def all_reduce(data: Any, op: Any = "sum", group: Any | None = None) -> Any:
@@ -240,8 +347,8 @@ def all_reduce(data: Any, op: Any = "sum", group: Any | None = None) -> Any:
     tensors is returned as floating point. Results are new tensors, detached from autograd.
     Python numbers are turned into tensors. In a single process the data is returned as is.
     With ``LITE_COLLECTIVES_DEBUG=1`` every rank's shapes are compared first, and a mismatch
-    raises :class:`CollectiveError` listing them (otherwise a mismatch is undefined behaviour
-    of the backend).
+    raises :class:`CollectiveError` listing them; without it, the watchdog reports a mismatch
+    that makes the backend wait.
 
     >>> all_reduce(torch.tensor([1.0, 2.0]), op="mean")  # single process: unchanged
     tensor([1., 2.])
@@ -249,26 +356,35 @@ def all_reduce(data: Any, op: Any = "sum", group: Any | None = None) -> Any:
     name = _resolve_op(op)
     if not is_initialized():
         return _numbers_to_tensors(data, torch.device("cpu"))
-    data = _numbers_to_tensors(data, _default_device(group))
-    if _debug_enabled():
-        _check_same_metadata("all_reduce", _tensors(data), group)
-    reduce_op = {
-        "sum": dist.ReduceOp.SUM,
-        "mean": dist.ReduceOp.SUM,  # then divided: gloo has no AVG
-        "max": dist.ReduceOp.MAX,
-        "min": dist.ReduceOp.MIN,
-        "product": dist.ReduceOp.PRODUCT,
-    }[name]
+    single = isinstance(data, torch.Tensor)
+    if not single:
+        data = _numbers_to_tensors(data, _default_device(group))
+    tensors = [data] if single else _tensors(data)
+    reduce_op = _REDUCE_OPS[name]
+    watch = _begin(f"all_reduce({name})", tensors, group)
+    try:
+        if _debug_enabled():
+            _check_same_metadata("all_reduce", tensors, group, watch)
 
-    def reduce(tensor: torch.Tensor) -> torch.Tensor:
-        result = tensor.detach().clone()
-        if name == "mean" and not (result.is_floating_point() or result.is_complex()):
-            result = result.to(torch.get_default_dtype())
-        with _bounded("all_reduce", group):
-            dist.all_reduce(result, op=reduce_op, group=group)
-        return result / _size(group) if name == "mean" else result
+        def reduce(tensor: torch.Tensor) -> torch.Tensor:
+            result = tensor.detach().clone()
+            if name == "mean" and not (result.is_floating_point() or result.is_complex()):
+                result = result.to(torch.get_default_dtype())
+            _run(
+                watch,
+                "all_reduce",
+                group,
+                lambda: dist.all_reduce(result, op=reduce_op, group=group, async_op=True),
+            )
+            return result / _size(group) if name == "mean" else result
 
-    return tree_map_only(torch.Tensor, reduce, data)
+        return reduce(data) if single else tree_map_only(torch.Tensor, reduce, data)
+    finally:
+        _end(watch)
+
+
+# A tensor broadcast sends one header: [is_object, dtype code, ndim, nbytes or numel, *shape].
+_HEADER_DIMS = 8
 
 
 def broadcast(obj: Any, src: int = 0, group: Any | None = None) -> Any:
@@ -276,8 +392,8 @@ def broadcast(obj: Any, src: int = 0, group: Any | None = None) -> Any:
 
     A tensor travels as a tensor (arriving on the receiver's device: the device of the tensor
     it passed, else the backend's device), whatever shape the receivers passed; anything else
-    is pickled. Receivers may pass ``None``. The input is not mutated; ``src`` gets ``obj`` back.
-    In a single process ``obj`` is returned as is.
+    is pickled (by lite_collectives itself: numpy is not needed). Receivers may pass ``None``.
+    The input is not mutated; ``src`` gets ``obj`` back. In a single process ``obj`` is returned as is.
 
     >>> broadcast({"lr": 0.1})
     {'lr': 0.1}
@@ -288,33 +404,55 @@ def broadcast(obj: Any, src: int = 0, group: Any | None = None) -> Any:
     if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < size:
         raise CollectiveError(f"broadcast src must be a global rank in 0..{size - 1}, got {src!r}.")
     me = dist.get_rank()
-    if me == src:
-        header: Any = (
-            ("tensor", tuple(obj.shape), obj.dtype) if isinstance(obj, torch.Tensor) else ("object", obj)
-        )
-    else:
-        header = None
-    box = [header]
-    with _bounded("broadcast", group):
-        dist.broadcast_object_list(box, src=src, group=group)
-    header = box[0]
-    if header[0] == "object":
-        return obj if me == src else header[1]
-    _, shape, dtype = header
-    if me == src:
-        buffer = obj.detach().contiguous()
-    else:
-        device = obj.device if isinstance(obj, torch.Tensor) else _default_device(group)
-        buffer = torch.empty(shape, dtype=dtype, device=device)
-    with _bounded("broadcast", group):
-        dist.broadcast(buffer, src=src, group=group)
-    return obj if me == src else buffer
+    device = _default_device(group)
+    watch = _begin(f"broadcast(src={src})", [], group)
+    try:
+        header = torch.zeros(4 + _HEADER_DIMS, dtype=torch.int64, device=device)
+        payload: torch.Tensor | None = None
+        if me == src:
+            as_tensor = (
+                isinstance(obj, torch.Tensor) and obj.dim() <= _HEADER_DIMS and dtype_code(obj.dtype) >= 0
+            )
+            if as_tensor:
+                values = [0, dtype_code(obj.dtype), obj.dim(), obj.numel(), *obj.shape]
+            else:
+                payload = object_to_tensor(obj, device)
+                values = [1, 0, 0, payload.numel()]
+            header[: len(values)] = torch.tensor(values, dtype=torch.int64)
+        _run(watch, "broadcast", group, lambda: dist.broadcast(header, src=src, group=group, async_op=True))
+        kind, code, ndim, count, *dims = header.cpu().tolist()
+        if kind == 1:
+            buffer = payload if payload is not None else torch.empty(count, dtype=torch.uint8, device=device)
+            _run(
+                watch, "broadcast", group, lambda: dist.broadcast(buffer, src=src, group=group, async_op=True)
+            )
+            return obj if me == src else tensor_to_object(buffer, count)
+        if me == src:
+            tensor = obj.detach().contiguous()
+        else:
+            where = obj.device if isinstance(obj, torch.Tensor) else device
+            tensor = torch.empty(tuple(dims[:ndim]), dtype=DTYPES[code], device=where)
+        _run(watch, "broadcast", group, lambda: dist.broadcast(tensor, src=src, group=group, async_op=True))
+        return obj if me == src else tensor
+    finally:
+        _end(watch)
+
+
+def _gather_sizes(watch: Watch | None, op: str, payload: torch.Tensor, group: Any) -> list[int]:
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=payload.device)
+    return [int(n) for n in _all_gather_into(watch, f"{op} (sizes)", size, group).flatten().tolist()]
+
+
+def _padded(payload: torch.Tensor, longest: int) -> torch.Tensor:
+    if payload.numel() == longest:
+        return payload
+    return torch.cat([payload, payload.new_zeros(longest - payload.numel())])
 
 
 def gather_object(obj: Any, dst: int = 0, group: Any | None = None) -> list[Any] | None:
     """Collect one picklable object per rank on global rank ``dst``: the list there, ``None`` elsewhere.
 
-    In a single process: ``[obj]``.
+    Objects are pickled by lite_collectives (no numpy). In a single process: ``[obj]``.
 
     >>> gather_object("hello")
     ['hello']
@@ -324,24 +462,42 @@ def gather_object(obj: Any, dst: int = 0, group: Any | None = None) -> list[Any]
     size = dist.get_world_size()
     if isinstance(dst, bool) or not isinstance(dst, int) or not 0 <= dst < size:
         raise CollectiveError(f"gather_object dst must be a global rank in 0..{size - 1}, got {dst!r}.")
-    out: list[Any] | None = [None] * _size(group) if dist.get_rank() == dst else None
-    with _bounded("gather_object", group):
-        dist.gather_object(obj, out, dst=dst, group=group)
-    return out
+    watch = _begin(f"gather_object(dst={dst})", [], group)
+    try:
+        payload = object_to_tensor(obj, _default_device(group))
+        sizes = _gather_sizes(watch, "gather_object", payload, group)
+        mine = _padded(payload, max(sizes))
+        here = dist.get_rank() == dst
+        out = [torch.empty_like(mine) for _ in sizes] if here else None
+        _run(
+            watch, "gather_object", group, lambda: dist.gather(mine, out, dst=dst, group=group, async_op=True)
+        )
+        if out is None:
+            return None
+        return [tensor_to_object(buffer, n) for buffer, n in zip(out, sizes)]
+    finally:
+        _end(watch)
 
 
 def all_gather_object(obj: Any, group: Any | None = None) -> list[Any]:
     """Collect one picklable object per rank on every rank, in rank order. Single process: ``[obj]``.
+
+    Objects are pickled by lite_collectives (no numpy): one size exchange, then one gather of
+    the padded bytes.
 
     >>> all_gather_object(3)
     [3]
     """
     if not is_initialized():
         return [obj]
-    out: list[Any] = [None] * _size(group)
-    with _bounded("all_gather_object", group):
-        dist.all_gather_object(out, obj, group=group)
-    return out
+    watch = _begin("all_gather_object", [], group)
+    try:
+        payload = object_to_tensor(obj, _default_device(group))
+        sizes = _gather_sizes(watch, "all_gather_object", payload, group)
+        gathered = _all_gather_into(watch, "all_gather_object", _padded(payload, max(sizes)), group)
+        return [tensor_to_object(gathered[r], n) for r, n in enumerate(sizes)]
+    finally:
+        _end(watch)
 
 
 def barrier(group: Any | None = None, timeout: timedelta | float | None = None) -> None:
@@ -354,8 +510,12 @@ def barrier(group: Any | None = None, timeout: timedelta | float | None = None) 
     limit = as_timeout(timeout, "barrier timeout") if timeout is not None else None
     if not is_initialized():
         return
-    with _bounded("barrier", group, limit):
+    watch = _begin("barrier", [], group)
+    try:
         if limit is not None and str(dist.get_backend(group)).lower() == "gloo":
-            dist.monitored_barrier(group=group, timeout=limit, wait_all_ranks=True)
+            with _bounded("barrier", group, limit):
+                dist.monitored_barrier(group=group, timeout=limit, wait_all_ranks=True)
         else:
-            dist.barrier(group=group)
+            _run(watch, "barrier", group, lambda: dist.barrier(group=group, async_op=True))
+    finally:
+        _end(watch)

@@ -27,3 +27,20 @@ class ClusterEnvironmentError(ValueError):
     an impossible rank/world size, or a main port that is already taken; the message names the
     variable or the address and port, and the fix.
     """
+
+
+class CollectiveDivergenceError(CollectiveError):
+    """The ranks called different collectives, or the same one with different shapes or dtypes.
+
+    Raised on every waiting rank by the watchdog (within seconds, not at the timeout); the
+    message is a table of each rank's sequence number, op, tensor shapes and call site.
+    """
+
+
+class ProcessGroupBrokenError(RuntimeError):
+    """The process group can no longer run collectives.
+
+    Raised when a rank's process has exited (the message names it), and by every collective
+    after a timeout, a divergence or a lost rank has broken the group (the message says which
+    and where). Destroy the group and start a new one, or end the run.
+    """

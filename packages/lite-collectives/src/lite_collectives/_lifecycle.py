@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch.distributed as dist
 
 from lite_collectives._environment import ClusterEnvironment, check_rank, check_world_size
 from lite_collectives._environments import detect_environment
 from lite_collectives._errors import ClusterEnvironmentError, CollectiveError, CollectiveTimeoutError
+from lite_collectives._watchdog import current_broken, start_watch, stop_watch
 
+#: Bounds every collective. Long on purpose: a legitimate wait (rank 0 writing a checkpoint, one
+#: rank evaluating) must not kill the run, and the watchdog reports real divergence in seconds.
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+#: Bounds the rendezvous (every process joining), at most ``timeout``: processes of one job start
+#: within seconds to a minute even on a busy cluster, so a missing one is reported after 5 minutes.
+DEFAULT_RENDEZVOUS_TIMEOUT = timedelta(minutes=5)
 
 # Device type -> the backend that runs collectives on it.
 _BACKENDS = {"cpu": "gloo", "cuda": "nccl", "mps": "gloo", "xla": "xla"}
@@ -78,15 +88,20 @@ def init_process_group(
     backend: str | None = None,
     device_type: str = "cpu",
     timeout: timedelta | float = DEFAULT_TIMEOUT,
+    rendezvous_timeout: timedelta | float = DEFAULT_RENDEZVOUS_TIMEOUT,
 ) -> None:
     """Join the default process group described by ``environment`` (default: :func:`detect_environment`).
 
     Sets ``MASTER_ADDR`` / ``MASTER_PORT`` from the environment (restored by
     :func:`destroy_process_group`), picks the backend from ``device_type`` unless ``backend`` is
-    given, and bounds the rendezvous and every later collective by ``timeout`` (a timedelta or
-    seconds). A second call with the same settings does nothing; conflicting settings raise
+    given, and bounds every later collective by ``timeout`` (a timedelta or seconds; default
+    30 minutes) and the rendezvous by ``min(timeout, rendezvous_timeout)`` (default 5 minutes).
+    Rank 0 opens the rendezvous socket itself: on 127.0.0.1 only when the main address is a
+    loopback one (a single-node run; gloo then also uses the loopback interface), else on the
+    main address. A second call with the same settings does nothing; conflicting settings raise
     :class:`CollectiveError`. A port already taken raises :class:`ClusterEnvironmentError`;
-    a rendezvous that not every process joins raises :class:`CollectiveTimeoutError`.
+    a rendezvous that not every process joins raises :class:`CollectiveTimeoutError` naming how
+    many ranks joined and which are missing.
 
     >>> init_process_group()  # doctest: +SKIP
     >>> world_size(), global_rank()  # doctest: +SKIP
@@ -114,22 +129,136 @@ def init_process_group(
             "Pass backend=... or a device_type whose backend is available."
         )
     address, port = _main_address_and_port(env)
+    rendezvous = min(timeout, as_timeout(rendezvous_timeout, "rendezvous_timeout"))
     saved = tuple((name, os.environ.get(name)) for name in ("MASTER_ADDR", "MASTER_PORT"))
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = address, str(port)
+    loopback = _is_loopback(address)
+    gloo_ifname = os.environ.get(_GLOO_IFNAME)
+    if backend == "gloo" and loopback and gloo_ifname is None:
+        os.environ[_GLOO_IFNAME] = _loopback_interface()  # gloo's sockets stay on loopback too
     try:
-        dist.init_process_group(backend, init_method="env://", world_size=size, rank=rank, timeout=timeout)
+        store = _rendezvous(address, port, rank, size, rendezvous, env)
+        dist.init_process_group(backend, store=store, world_size=size, rank=rank, timeout=timeout)
+    except (ClusterEnvironmentError, CollectiveTimeoutError):
+        _restore_env(saved)
+        raise
     except RuntimeError as exc:
         _restore_env(saved)
-        raise _rendezvous_error(exc, address, port, rank, size, timeout) from exc
+        raise _rendezvous_error(exc, address, port, rank, size, rendezvous) from exc
     except BaseException:
         _restore_env(saved)
         raise
+    finally:
+        if gloo_ifname is None:
+            os.environ.pop(_GLOO_IFNAME, None)
     _record = _GroupRecord(backend, size, rank, address, port, timeout, saved)
+    start_watch(dist.group.WORLD, store, timeout.total_seconds())
+
+
+_GLOO_IFNAME = "GLOO_SOCKET_IFNAME"
+#: Set by torchrun when its agent already serves the store on MASTER_PORT: every rank is a client.
+_AGENT_STORE_VAR = "TORCHELASTIC_USE_AGENT_STORE"
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_interface() -> str:
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        names = []
+    return next((n for n in names if n.startswith("lo")), "lo")
+
+
+def _listen(address: str, port: int, rank: int, size: int, rendezvous: timedelta) -> socket.socket:
+    """Rank 0's rendezvous socket: bound here, so the port is ours from now on (no pick-then-bind race)."""
+    where = f"{address}:{port} (rank {rank} of {size}, timeout {rendezvous.total_seconds():g} s)"
+    host = "127.0.0.1" if _is_loopback(address) and ":" not in address else address
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ClusterEnvironmentError(f"rank 0 cannot resolve the main address {where}: {exc}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(sockaddr)
+        sock.listen(max(128, size))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == 98 or "in use" in str(exc).lower():
+            raise ClusterEnvironmentError(
+                f"rank 0 cannot listen on {where}: the port is already taken by another program or job; "
+                f"set MASTER_PORT to a free port. ({exc})"
+            ) from None
+        raise ClusterEnvironmentError(
+            f"rank 0 cannot listen on {where}: {exc}. Rank 0 must run on the machine MASTER_ADDR names."
+        ) from None
+    return sock
+
+
+def _rendezvous(
+    address: str, port: int, rank: int, size: int, rendezvous: timedelta, env: ClusterEnvironment
+) -> Any:
+    """The store every rank meets at, once all ``size`` ranks joined it (bounded by ``rendezvous``)."""
+    if size == 1:
+        return dist.HashStore()
+    agent = os.environ.get(_AGENT_STORE_VAR, "").lower() in ("1", "true")
+    where = f"{address}:{port} (rank {rank} of {size}, timeout {rendezvous.total_seconds():g} s)"
+    store: Any
+    if rank == 0 and not agent:
+        sock = _listen(address, port, rank, size, rendezvous)
+        fd = sock.detach()  # the store's server owns it from here
+        try:
+            store = dist.TCPStore(
+                address, port, size, True, rendezvous, wait_for_workers=False, master_listen_fd=fd
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+    else:
+        try:
+            store = dist.TCPStore(address, port, size, False, rendezvous)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise CollectiveTimeoutError(
+                f"rendezvous at {where} timed out: rank {rank} could not reach the store of rank 0 at "
+                f"{address}:{port}. Check that rank 0 started and that every process agrees on "
+                f"MASTER_ADDR={address} and MASTER_PORT={port}, or raise rendezvous_timeout. ({first})"
+            ) from exc
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"lite_collectives/attempt_{attempt}", store)
+    node = env.node_rank()
+    store.set(f"joined/{rank}", f"{socket.gethostname()} (node {node})")
+    store.add("joined", 1)
+    deadline = time.monotonic() + rendezvous.total_seconds()
+    while int(store.add("joined", 0)) < size:
+        if time.monotonic() > deadline:
+            joined = [r for r in range(size) if store.check([f"joined/{r}"])]
+            missing = [r for r in range(size) if r not in joined]
+            nodes = sorted(
+                {store.get(f"joined/{r}").decode().split(" (node ")[-1].rstrip(")") for r in joined}
+            )
+            raise CollectiveTimeoutError(
+                f"rendezvous at {where} timed out: {len(joined)} of {size} ranks joined "
+                f"(from node(s) {', '.join(nodes)}); missing rank(s): {', '.join(map(str, missing))}. "
+                f"Check that every node started its processes with the same MASTER_ADDR={address} and "
+                f"MASTER_PORT={port}, or raise rendezvous_timeout."
+            )
+        time.sleep(0.05)
+    return store
 
 
 def destroy_process_group() -> None:
     """Leave and destroy the default process group (nothing to do when none runs)."""
     global _record
+    stop_watch("left")
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     if _record is not None:
@@ -199,3 +328,18 @@ def _rendezvous_error(
             f"timeout. ({text.splitlines()[0]})"
         )
     return ClusterEnvironmentError(f"rendezvous at {where} failed: {text.splitlines()[0] if text else exc!r}")
+
+
+def shutdown_at_exit() -> None:
+    """At interpreter exit: tell the other ranks this one exited, then destroy the group lite made.
+
+    Runs from ``atexit``, while ``torch.distributed`` and the backend are still whole; left to
+    the end of the process instead, the group's threads can be destroyed while still joinable
+    (``terminate called without an active exception``, exit code -6). A group broken by a
+    timeout or a divergence may still have a backend operation in flight: it is not destroyed
+    (that would wait for the operation), the process just exits.
+    """
+    broken = current_broken()
+    stop_watch("exited")
+    if broken is None and _record is not None and dist.is_available() and dist.is_initialized():
+        destroy_process_group()

@@ -1,0 +1,154 @@
+"""Collectives: lite_collectives against raw torch.distributed, 2 gloo processes on 127.0.0.1.
+
+    python bench/bench_collectives.py [--rounds 15] [--calls 100] [--json out.json]
+
+Both processes run every variant in turn within each round (raw, lite, ... then the next round
+starts with the next variant), ``--calls`` calls per variant per round, and the figure is the
+median over rounds of the mean time per call on rank 0. Small tensors (4 floats), where the
+per-call overhead shows most. Variants:
+
+- raw: ``dist.all_gather_single`` (``all_gather_into_tensor`` before torch 2.13), ``dist.all_reduce``
+  on a clone (lite does not mutate its input), ``dist.barrier``;
+- lite: ``lite_collectives.all_gather`` / ``all_reduce`` / ``barrier`` on the default group,
+  watched by the divergence watchdog;
+- lite, same_shapes=True: ``all_gather`` told the shapes match (no shape check);
+- lite, unwatched: the same calls on a sub-group of all ranks, which the watchdog does not
+  watch: the difference to "lite" is the watchdog's fast-path cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import lite_collectives as lc
+
+TARGETS = {"all_gather": 1.2, "all_reduce": 1.1, "barrier": 1.05}
+_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def _variants(world: int, sub: Any) -> dict[str, dict[str, Any]]:
+    x = torch.arange(4, dtype=torch.float32)
+    out = torch.empty(world * 4)
+
+    def raw_gather() -> Any:
+        _GATHER(out, x)
+        return out.view(world, 4)
+
+    def raw_reduce() -> Any:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    return {
+        "all_gather": {
+            "raw": raw_gather,
+            "lite": lambda: lc.all_gather(x),
+            "lite, same_shapes=True": lambda: lc.all_gather(x, same_shapes=True),
+            "lite, unwatched": lambda: lc.all_gather(x, group=sub),
+        },
+        "all_reduce": {
+            "raw": raw_reduce,
+            "lite": lambda: lc.all_reduce(x),
+            "lite, unwatched": lambda: lc.all_reduce(x, group=sub),
+        },
+        "barrier": {
+            "raw": lambda: dist.barrier(),
+            "lite": lambda: lc.barrier(),
+            "lite, unwatched": lambda: lc.barrier(group=sub),
+        },
+    }
+
+
+def _rank(rank: int, world: int, port: int, rounds: int, calls: int, queue: Any) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    lc.init_process_group(timeout=120)
+    sub = dist.new_group(list(range(world)))
+    results: dict[str, dict[str, float]] = {}
+    for op, variants in _variants(world, sub).items():
+        names = list(variants)
+        for fn in variants.values():  # warm up
+            for _ in range(20):
+                fn()
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                fn = variants[name]
+                dist.barrier()  # both ranks start the variant together
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                samples[name].append((time.perf_counter() - start) / calls * 1e6)
+        results[op] = {name: statistics.median(values) for name, values in samples.items()}
+    if rank == 0:
+        queue.put(results)
+    lc.destroy_process_group()
+
+
+def measure(rounds: int, calls: int, world: int = 2) -> dict[str, dict[str, float]]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=_rank, args=(r, world, port, rounds, calls, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = queue.get(timeout=900)
+    for p in procs:
+        p.join(60)
+    return results
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| collective | variant | µs/call | / raw | target |",
+        "|---|---|---:|---:|---|",
+    ]
+    for op, variants in results.items():
+        raw = variants["raw"]
+        for name, value in variants.items():
+            ratio = value / raw
+            target = ""
+            if name in ("lite", "lite, same_shapes=True") and not (op == "all_gather" and name == "lite"):
+                target = f"{'✅' if ratio <= TARGETS[op] else '❌'} ≤ {TARGETS[op]}"
+            elif op == "all_gather" and name == "lite":
+                target = "one shape check more (a 16-int tensor)"
+            lines.append(f"| {op} | {name} | {value:.1f} | {ratio:.3f} | {target} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--json", type=str, default=None)
+    args = parser.parse_args()
+    results = measure(args.rounds, args.calls)
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
