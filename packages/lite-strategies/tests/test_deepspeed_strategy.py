@@ -173,8 +173,16 @@ def test_deepspeed_registry_rows(name: str, stage: int, offload_optimizer: bool,
     assert zero["stage"] == stage == strategy.zero_stage
     assert ("offload_optimizer" in zero) == offload_optimizer
     assert ("offload_param" in zero) == offload_param
-    # A user-built object keeps its arguments through the facade's completion.
-    completed = type(strategy)(logging_batch_size_per_gpu=3).configured(devices=CPU2)
+    # A user-built object of the row's class (its thin alias) keeps its arguments through the
+    # facade's completion; every row builds the one DeepSpeedStrategy class, so type(strategy) is it.
+    import lite_strategies.deepspeed as deepspeed_strategies
+
+    alias = next(
+        cls
+        for cls in vars(deepspeed_strategies).values()
+        if isinstance(cls, type) and issubclass(cls, DeepSpeedStrategy) and cls.strategy_name == name
+    )
+    completed = alias(logging_batch_size_per_gpu=3).configured(devices=CPU2)
     assert completed.config["train_micro_batch_size_per_gpu"] == 3 and completed.zero_stage == stage
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 from torch.optim import Optimizer
@@ -170,7 +170,7 @@ def unwrap_module(module: nn.Module) -> nn.Module:
         if isinstance(module, (DistributedDataParallel, DataParallel)):
             module = module.module
         elif is_compiled(module):
-            module = module._orig_mod
+            module = cast(nn.Module, module._orig_mod)
         else:
             return module
 
