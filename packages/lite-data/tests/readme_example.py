@@ -18,12 +18,12 @@ loader = DeviceDataLoader(loader, device="cpu")  # e.g. torch.device("cuda", loc
 
 epochs = []
 for _ in range(2):  # set_epoch is called for you: each epoch is reshuffled
-    seen = torch.cat(list(loader)).tolist()
-    shares: list = [None] * world_size
-    dist.all_gather_object(shares, seen)
-    everything = sorted(i for share in shares for i in share)
+    seen = torch.cat(list(loader))  # every rank sees 64 / world_size samples
+    shares = [torch.empty_like(seen) for _ in range(world_size)]
+    dist.all_gather(shares, seen)  # tensors only: torch's object collectives would need numpy
+    everything = sorted(torch.cat(shares).tolist())
     assert everything == list(range(64)), "each sample exactly once per epoch"
-    epochs.append(shares)
+    epochs.append([share.tolist() for share in shares])
 assert epochs[0] != epochs[1], "a new order each epoch"
 
 if rank == 0:

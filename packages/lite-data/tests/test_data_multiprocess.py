@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import pickle
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -18,9 +19,16 @@ from lite_testing import run_processes
 
 
 def _gather(obj: Any) -> list[Any]:
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    """Every rank's ``obj`` (picklable), through tensor collectives: torch's object ones need numpy."""
+    data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([data.numel()]))
+    longest = int(max(size.item() for size in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[: data.numel()] = data
+    out = [torch.empty(longest, dtype=torch.uint8) for _ in sizes]
+    dist.all_gather(out, padded)
+    return [pickle.loads(bytes(t[: int(n.item())].tolist())) for t, n in zip(out, sizes)]
 
 
 def _epochs_of_indices(rank: int, world_size: int, size: int) -> list[list[list[int]]]:
