@@ -213,8 +213,8 @@ def test_spawn_launcher_names_a_killed_rank() -> None:
 def test_spawn_launcher_names_the_killed_rank_not_the_one_that_lost_its_peer(name: str, attempt: int) -> None:
     # Rank 1 is SIGKILLed in the middle of training; rank 0 then fails in its all-reduce with a
     # broken connection, often before the launcher sees rank 1 exit. The blame goes to rank 1.
-    strategy = lite_strategies.get_strategy_spec(name).load()(devices=[torch.device("cpu")] * 2)
-    assert strategy.launcher is not None
+    strategy = lite_strategies.get_strategy_spec(name).build(devices=[torch.device("cpu")] * 2)
+    assert strategy.launcher is not None and strategy.launcher_kind == name.removeprefix("ddp_")
     with pytest.raises(ProcessFailedError, match=r"^rank 1 was killed by signal 9 \(SIGKILL\)") as info:
         strategy.launcher.launch(_fail, strategy, "kill:1")
     assert (info.value.rank, info.value.exitcode) == (1, -9)
