@@ -8,7 +8,8 @@ the statements interleaved (torch, facade, devices, ... torch, facade, ...), min
 ``import torch`` (timed inside that process). Launch: the wall time from starting ``python script.py`` to rank 0 finishing
 its first DDP training step (2 CPU processes), for LightningLite's ``ddp`` (re-runs the script),
 ``ddp_spawn`` and ``ddp_fork``, against plain torch scripts doing the same with
-``torch.multiprocessing`` (spawn, fork) and with ``torchrun``.
+``torch.multiprocessing`` (spawn, fork) and with ``torchrun``; and the ``lite run`` console script
+(``python -m lite_facade run --accelerator cpu --devices 2 lite.py``, torchrun inside) against torchrun.
 """
 
 from __future__ import annotations
@@ -192,6 +193,12 @@ def launches(repeats: int) -> dict[str, dict[str, Any]]:
             "ddp": ([py, "lite.py", "ddp"], "torchrun", [*torchrun, "torchrun.py"]),
             "ddp_spawn": ([py, "lite.py", "ddp_spawn"], "torch mp spawn", [py, "torch_mp.py", "spawn"]),
             "ddp_fork": ([py, "lite.py", "ddp_fork"], "torch mp fork", [py, "torch_mp.py", "fork"]),
+            # the `lite` console script (torchrun inside) against plain torchrun on the same kind of script
+            "lite run (ddp)": (
+                [py, "-m", "lite_facade", "run", "--accelerator", "cpu", "--devices", "2", "lite.py", "ddp"],
+                "torchrun",
+                [*torchrun, "torchrun.py"],
+            ),
         }
         times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in cases}
         for _ in range(repeats):
@@ -213,8 +220,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--launch-repeats", type=int, default=3)
     parser.add_argument("--json")
+    parser.add_argument("--launch-only", action="store_true", help="skip the import timings")
     args = parser.parse_args()
-    result = {"imports": imports(args.repeats), "launch": launches(args.launch_repeats)}
+    result = {"imports": {} if args.launch_only else imports(args.repeats), "launch": launches(args.launch_repeats)}
     print(
         "| import | median (s) | over `import torch` (s) | after torch, in-process (s) |\n|---|---:|---:|---:|"
     )

@@ -31,6 +31,7 @@ from lite_data import (
 )
 from lite_devices import move_to_device
 from lite_facade._build import build_strategy
+from lite_facade._cli import effective_flags
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
 from lite_precision import PrecisionError
@@ -75,6 +76,12 @@ class LightningLite(ABC):
         gpus: int | str | Sequence[int] | None = None,
         tpu_cores: int | str | Sequence[int] | None = None,
     ) -> None:
+        # Flags left at their defaults take the values `lite run` set (LITE_* environment variables).
+        flags = effective_flags(
+            accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes, precision=precision
+        )
+        accelerator, strategy, devices = flags["accelerator"], flags["strategy"], flags["devices"]
+        num_nodes, precision = flags["num_nodes"], flags["precision"]
         self._plan: Plan = resolve_plan(
             accelerator=accelerator,
             strategy=strategy,
@@ -132,6 +139,10 @@ class LightningLite(ABC):
         if launcher is None:
             self._ensure_environment()
             return self._run_with_environment(*args, **kwargs)
+        if self._strategy.cluster_environment.creates_processes_externally and not lite_collectives.is_initialized():
+            # Under torchrun / `lite run` (srun, mpirun): the process group this run creates is
+            # otherwise torn down during interpreter shutdown, which can abort the process.
+            _leave_process_group_at_exit()
         return launcher.launch(self._run_with_environment, *args, **kwargs)
 
     def _ensure_environment(self, what: str = "this call") -> None:
