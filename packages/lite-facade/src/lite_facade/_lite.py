@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim import Optimizer
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader
 
 import lite_collectives
@@ -233,6 +234,7 @@ class LightningLite(ABC):
                 the model's (named by their place in ``param_groups``).
         """
         self._check_setup_arguments(model, optimizers)
+        _check_materialisable(model, self._strategy.strategy_name, "setup()")
         self._ensure_environment("setup()")
         module, opts = self._strategy.setup_module_and_optimizers(
             model, list(optimizers), move_to_device=move_to_device
@@ -245,6 +247,78 @@ class LightningLite(ABC):
             wrapped,
             *(_LiteOptimizer(opt, self._strategy, original) for opt, original in zip(opts, optimizers)),
         )
+
+    def setup_module(self, model: nn.Module, move_to_device: bool = True) -> Any:
+        """Set a model up alone (its optimizers, if any, later with :meth:`setup_optimizers`).
+
+        Returns the wrapped model, as ``setup(model)`` does. With ``fsdp`` create the optimizers
+        from the *returned* model's parameters (sharding replaces them), then call
+        :meth:`setup_optimizers`. ``deepspeed`` and ``ddp_sharded`` set a model up together with
+        its optimizer: use ``setup(model, optimizer)`` there.
+        """
+        self._check_setup_arguments(model, ())
+        self._refuse_split_setup("setup_module()")
+        _check_materialisable(model, self._strategy.strategy_name, "setup_module()")
+        self._ensure_environment("setup_module()")
+        module = self._strategy.setup_module(model, move_to_device=move_to_device)
+        wrapped = _LiteModule(module, self._precision, original_module=model)
+        self._models.append(wrapped)
+        return wrapped
+
+    def setup_optimizers(self, *optimizers: Optimizer) -> Any:
+        """Set optimizers up for the strategy and the precision (after :meth:`setup_module`).
+
+        Returns the wrapped optimizer for one argument, else a tuple in the same order. Each
+        behaves like its original (reachable as ``.optimizer``) and steps through the strategy
+        and the precision (e.g. the loss scaler of ``16-mixed``). ``deepspeed`` and
+        ``ddp_sharded`` set a model up together with its optimizer: use ``setup(model, optimizer)``.
+        """
+        if not optimizers:
+            raise ValueError("setup_optimizers() needs at least one optimizer: setup_optimizers(optimizer, ...)")
+        for opt in optimizers:
+            if isinstance(opt, _LiteOptimizer):
+                raise ValueError(
+                    "An optimizer should be passed only once to `setup_optimizers()`: this one is already set up. "
+                    "Pass the original optimizer (the wrapper's `.optimizer`)."
+                )
+            if not isinstance(opt, Optimizer):
+                raise TypeError(f"setup_optimizers() takes torch.optim.Optimizer objects, got {type(opt).__name__}.")
+        self._refuse_split_setup("setup_optimizers()")
+        self._ensure_environment("setup_optimizers()")
+        wrapped = tuple(_LiteOptimizer(opt, self._strategy, opt) for opt in optimizers)
+        return wrapped[0] if len(wrapped) == 1 else wrapped
+
+    def _refuse_split_setup(self, what: str) -> None:
+        name = self._strategy.strategy_name
+        if name.startswith(("deepspeed", "ddp_sharded")):
+            raise RuntimeError(
+                f"{what} is not supported with strategy={name!r}: it sets a model up together with its optimizer "
+                "(DeepSpeed builds one engine from both; ddp_sharded shards the optimizer state and reduces each "
+                "gradient to the rank that owns it). Use `model, optimizer = self.setup(model, optimizer)` instead."
+            )
+
+    @contextmanager
+    def init_module(self, empty_init: bool | None = None) -> Generator[None, None, None]:
+        """Create models inside this block: on this process's device and in the precision's dtype.
+
+        With ``fsdp`` the parameters are created on the meta device (no memory, no init) and
+        materialised on the device at :meth:`setup` / :meth:`setup_module`, shard by shard, by
+        each submodule's ``reset_parameters()``. ``empty_init=True`` with other strategies skips
+        the weights' initialisation (``torch.nn.init``) to save time, for a model whose weights
+        you load from a checkpoint next; ``empty_init=False`` with ``fsdp`` creates the whole
+        model on the device, initialised. ``None`` (the default) is ``True`` for ``fsdp`` and
+        ``False`` otherwise. The dtype is the precision's for the ``*-true`` modes (float16,
+        bfloat16, float64) and float32 for the mixed ones, which keep float32 weights.
+        """
+        sharded = self._strategy.strategy_name.startswith("fsdp")
+        empty = sharded if empty_init is None else bool(empty_init)
+        device = torch.device("meta") if sharded and empty else self.device
+        with device, self._precision.module_init_context():
+            if empty and not sharded:
+                with _SkipInitialisation():
+                    yield
+            else:
+                yield
 
     def setup_dataloaders(
         self, *dataloaders: DataLoader, replace_sampler: bool = True, move_to_device: bool = True
@@ -576,3 +650,33 @@ def _strategy_objects(content: Any) -> Any:
         return value
 
     return map_state(content, unwrap)
+
+
+class _SkipInitialisation(TorchFunctionMode):
+    """Inside it the ``torch.nn.init`` functions leave their tensor as it is (``init_module(empty_init=True)``)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs.get("tensor")
+        return func(*args, **kwargs)
+
+
+def _check_materialisable(model: nn.Module, strategy_name: str, what: str) -> None:
+    """Refuse a model on the meta device under a strategy that cannot materialise it (all but fsdp)."""
+    if strategy_name.startswith("fsdp"):
+        return
+    meta = [
+        name
+        for name, tensor in (*model.named_parameters(), *model.named_buffers())
+        if tensor.is_meta
+    ]
+    if meta:
+        shown = ", ".join(meta[:3]) + (f" and {len(meta) - 3} more" if len(meta) > 3 else "")
+        raise ValueError(
+            f"{what}: the model has {len(meta)} parameter(s)/buffer(s) on the meta device ({shown}), which hold no "
+            f"values, and strategy={strategy_name!r} cannot materialise them. Create the model inside "
+            "`with self.init_module():` (on this process's device), or materialise it before setup "
+            "(`model.to_empty(device=self.device)`, then initialise or load the weights); strategy='fsdp' "
+            "materialises a meta-device model at setup with each submodule's reset_parameters()."
+        )
