@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from lite_data import (
 from lite_devices import move_to_device
 from lite_facade._build import build_strategy
 from lite_facade._cli import effective_flags
+from lite_facade._rank_zero import rank_zero_warn, set_rank
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
 from lite_precision import PrecisionError
@@ -94,8 +94,8 @@ class LightningLite(ABC):
             tpu_cores=tpu_cores,
             inventory=Inventory.detect(),
         )
-        for message in self._plan.warnings:
-            warnings.warn(message, UserWarning, stacklevel=2)
+        for message in self._plan.warnings:  # once, on global rank 0 (not once per process)
+            rank_zero_warn(message, UserWarning, stacklevel=2)
         try:
             self._strategy = build_strategy(self._plan)
         except (StrategyError, PrecisionError) as err:  # what only building the strategy can tell
@@ -126,6 +126,7 @@ class LightningLite(ABC):
         """Runs in every process (after the launcher set the strategy's environment up)."""
         self._environment_ready = True
         self._launched = True
+        set_rank(self.global_rank)  # the rank-zero helpers (rank_zero_only, ...) follow this process's rank
         try:
             # With `_launched` set, the launching wrapper of `run` calls the user's body directly.
             # DataLoader subclasses created in the body remember their arguments (re-created later
@@ -507,6 +508,23 @@ class LightningLite(ABC):
         self._ensure_environment("barrier()")
         self._strategy.barrier(name=name)
 
+    @contextmanager
+    def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
+        """Run the block on global rank 0 first, then on the other processes (e.g. to download a data set once).
+
+        With ``local=True``, local rank 0 of each node goes first (a download to each node's own disk).
+        The others wait in a barrier, bounded by the process group's timeout.
+        """
+        self._ensure_environment("rank_zero_first()")
+        first = (self.local_rank if local else self.global_rank) == 0
+        if not first:
+            self.barrier("rank_zero_first")
+        try:
+            yield
+        finally:  # also when the block raised on rank 0: the others are not left waiting
+            if first:
+                self.barrier("rank_zero_first")
+
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` on the process with global rank 0 only."""
         if self.is_global_zero:
@@ -578,7 +596,7 @@ class LightningLite(ABC):
 
         if not isinstance(saved, (list, tuple)) or len(saved) != self.world_size:
             count = len(saved) if isinstance(saved, (list, tuple)) else "?"
-            warnings.warn(
+            rank_zero_warn(
                 f"{str(filepath)!r} holds the RNG states of {count} processes and this run has {self.world_size}: "
                 "the random streams are not restored (the run goes on with the current ones).",
                 UserWarning,
