@@ -32,6 +32,7 @@ from lite_data import (
 from lite_devices import move_to_device
 from lite_facade._build import build_strategy
 from lite_facade._cli import effective_flags
+from lite_facade._logging import progress_bar
 from lite_facade._rank_zero import rank_zero_warn, set_rank
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
@@ -56,6 +57,12 @@ class LightningLite(ABC):
         plugins: a cluster environment, a precision plugin or a checkpoint IO (one of each at most).
         gpus: shorthand for ``devices=gpus, accelerator="gpu"``.
         tpu_cores: shorthand for ``devices=tpu_cores, accelerator="tpu"``.
+        loggers: one logger or a list of them for :meth:`log` / :meth:`log_dict`
+            (:class:`~lite_facade.CSVLogger`, :class:`~lite_facade.TensorBoardLogger`, or any
+            object with ``log_metrics(metrics, step)``).
+
+    The flags left at their defaults take the values of ``lite run`` (the ``LITE_*`` environment
+    variables; see the launching page).
 
     Raises:
         LiteConfigurationError: at construction, for every flag that cannot work here, all at once.
@@ -76,6 +83,7 @@ class LightningLite(ABC):
         plugins: Any = None,
         gpus: int | str | Sequence[int] | None = None,
         tpu_cores: int | str | Sequence[int] | None = None,
+        loggers: Any = None,
     ) -> None:
         # Flags left at their defaults take the values `lite run` set (LITE_* environment variables).
         flags = effective_flags(
@@ -109,6 +117,7 @@ class LightningLite(ABC):
         self._launched = False
         self._environment_ready = False
         self._models: list[nn.Module] = []
+        self._loggers = _check_loggers(loggers)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -135,6 +144,7 @@ class LightningLite(ABC):
                 return self.run(*args, **kwargs)
         finally:
             self._launched = False
+            self._finalize_loggers()
 
     def _launch(self, *args: Any, **kwargs: Any) -> Any:
         launcher = self._strategy.launcher
@@ -235,7 +245,8 @@ class LightningLite(ABC):
                 the model's (named by their place in ``param_groups``).
         """
         self._check_setup_arguments(model, optimizers)
-        _check_materialisable(model, self._strategy.strategy_name, "setup()")
+        if move_to_device:  # False: the user places the model, wherever that is
+            _check_materialisable(model, self._strategy.strategy_name, "setup()")
         self._ensure_environment("setup()")
         module, opts = self._strategy.setup_module_and_optimizers(
             model, list(optimizers), move_to_device=move_to_device
@@ -259,7 +270,8 @@ class LightningLite(ABC):
         """
         self._check_setup_arguments(model, ())
         self._refuse_split_setup("setup_module()")
-        _check_materialisable(model, self._strategy.strategy_name, "setup_module()")
+        if move_to_device:
+            _check_materialisable(model, self._strategy.strategy_name, "setup_module()")
         self._ensure_environment("setup_module()")
         module = self._strategy.setup_module(model, move_to_device=move_to_device)
         wrapped = _LiteModule(module, self._precision, original_module=model)
@@ -530,6 +542,58 @@ class LightningLite(ABC):
         if self.is_global_zero:
             print(*args, **kwargs)
 
+    # -- logging and progress -----------------------------------------------------------------------
+
+    @property
+    def loggers(self) -> list[Any]:
+        """The loggers given as ``LightningLite(loggers=...)``."""
+        return list(self._loggers)
+
+    @property
+    def logger(self) -> Any:
+        """The first logger, or None."""
+        return self._loggers[0] if self._loggers else None
+
+    def log(self, name: str, value: Any, step: int | None = None, reduce: str | None = None) -> None:
+        """Log one value (a number or a one-element tensor) to every logger, on global rank 0.
+
+        With ``reduce`` (``"mean"``, ``"sum"``, ``"max"``, ``"min"``) the value is reduced over every
+        process first: then every process must call it, as for :meth:`all_reduce`.
+        """
+        self.log_dict({name: value}, step=step, reduce=reduce)
+
+    def log_dict(self, metrics: dict[str, Any], step: int | None = None, reduce: str | None = None) -> None:
+        """Log several values at once (see :meth:`log`); tensors become Python numbers."""
+        if not isinstance(metrics, dict):
+            raise TypeError(f"log_dict() takes a dict of name -> value, got {type(metrics).__name__}")
+        if reduce is not None:
+            if reduce not in ("mean", "sum", "max", "min"):
+                raise ValueError(f"log(reduce={reduce!r}): expected 'mean', 'sum', 'max' or 'min'")
+            metrics = {
+                key: self.all_reduce(torch.as_tensor(value, dtype=torch.float64).to(self.device), reduce_op=reduce)
+                for key, value in metrics.items()
+            }
+        if not self.is_global_zero or not self._loggers:
+            return
+        numbers = {key: _as_number(key, value) for key, value in metrics.items()}
+        for logger in self._loggers:
+            logger.log_metrics(numbers, step=step)
+
+    def _finalize_loggers(self) -> None:
+        if self.is_global_zero:
+            for logger in self._loggers:
+                finalize = getattr(logger, "finalize", None)
+                if callable(finalize):
+                    finalize()
+
+    def progress(self, iterable: Any, desc: str | None = None, **tqdm_kwargs: Any) -> Any:
+        """Iterate with a tqdm progress bar on global rank 0 (when tqdm is installed); plainly elsewhere.
+
+        The returned object always takes ``set_postfix(loss=...)`` and ``set_description(...)``
+        (doing nothing without a bar), so one loop serves every process. ``tqdm_kwargs`` go to tqdm.
+        """
+        return progress_bar(iterable, self.is_global_zero, desc=desc, **tqdm_kwargs)
+
     # -- checkpoints ---------------------------------------------------------------------------------
 
     def save(self, content: Any, filepath: str | Path, *, include_rng: bool = False) -> None:
@@ -698,3 +762,32 @@ def _check_materialisable(model: nn.Module, strategy_name: str, what: str) -> No
             "(`model.to_empty(device=self.device)`, then initialise or load the weights); strategy='fsdp' "
             "materialises a meta-device model at setup with each submodule's reset_parameters()."
         )
+
+
+def _check_loggers(loggers: Any) -> list[Any]:
+    if loggers is None:
+        return []
+    found = list(loggers) if isinstance(loggers, (list, tuple)) else [loggers]
+    for logger in found:
+        if not callable(getattr(logger, "log_metrics", None)):
+            raise TypeError(
+                f"loggers: {type(logger).__name__} has no log_metrics(metrics, step) method; pass "
+                "lite_facade.CSVLogger(...), lite_facade.TensorBoardLogger(...) or an object with that method"
+            )
+    return found
+
+
+def _as_number(name: str, value: Any) -> float | int:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"log({name!r}, ...): a tensor of shape {tuple(value.shape)} is not one value; "
+                "log a number or a one-element tensor (e.g. loss.mean())"
+            )
+        return value.detach().item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"log({name!r}, ...): {type(value).__name__} is not a number") from None
+    return value
