@@ -202,6 +202,11 @@ class LightningLite(ABC):
         self._plain_backward = self._strategy.plain_backward_and_step
 
     @property
+    def plan(self) -> Plan:
+        """What the flags resolved to: ``plan.strategy``, ``plan.accelerator``, ``plan.devices``, ``plan.precision``, ..."""
+        return self._plan
+
+    @property
     def device(self) -> torch.device:
         """The device this process runs on: where ``setup`` puts models and data."""
         return self._strategy.root_device
@@ -334,11 +339,19 @@ class LightningLite(ABC):
                 yield
 
     def setup_dataloaders(
-        self, *dataloaders: DataLoader, replace_sampler: bool = True, move_to_device: bool = True
+        self,
+        *dataloaders: DataLoader,
+        replace_sampler: bool = True,
+        move_to_device: bool = True,
+        even: bool = True,
     ) -> Any:
         """Set dataloaders up: a distributed sampler where the strategy needs one, batches on the device.
 
-        Returns one loader for one argument, else a list in the same order.
+        Returns one loader for one argument, else a list in the same order. ``even=False`` gives
+        each process a disjoint share with no padding (7 samples on 2 processes: 4 and 3, where
+        the default pads to 4 and 4 by repeating one): for exact evaluation with
+        :meth:`gather_for_metrics`. Do not train on it: the processes would take different numbers
+        of steps and DDP's gradient synchronization would wait for the missing one.
         """
         if not dataloaders:
             raise ValueError(
@@ -346,10 +359,12 @@ class LightningLite(ABC):
             )
         # No process group is needed: the sampler's world size and rank come from the strategy
         # (and its cluster environment), so this also works before `run()`.
-        wrapped = [self._setup_dataloader(dl, replace_sampler, move_to_device) for dl in dataloaders]
+        wrapped = [self._setup_dataloader(dl, replace_sampler, move_to_device, even) for dl in dataloaders]
         return wrapped[0] if len(wrapped) == 1 else wrapped
 
-    def _setup_dataloader(self, dataloader: DataLoader, replace_sampler: bool, move_to_device: bool) -> Any:
+    def _setup_dataloader(
+        self, dataloader: DataLoader, replace_sampler: bool, move_to_device: bool, even: bool = True
+    ) -> Any:
         if isinstance(dataloader, DeviceDataLoader):
             raise ValueError(
                 "A dataloader should be passed only once to the `setup_dataloaders()` method: this one is already "
@@ -362,7 +377,7 @@ class LightningLite(ABC):
             )
         sampler_kwargs = self._strategy.distributed_sampler_kwargs
         if replace_sampler and sampler_kwargs and not has_iterable_dataset(dataloader):
-            dataloader = distributed_dataloader(dataloader, **sampler_kwargs)
+            dataloader = distributed_dataloader(dataloader, even=even, **sampler_kwargs)
         if dataloader.worker_init_fn is None and os.environ.get("PL_SEED_WORKERS") == "1":
             # After seed_everything(workers=True), as LightningLite: each worker of each rank its own stream.
             dataloader.worker_init_fn = functools.partial(worker_init_function, rank=self.global_rank)
@@ -498,6 +513,29 @@ class LightningLite(ABC):
         if isinstance(data, (int, float, bool)):
             data = torch.tensor(data, device=self.device)
         return self._strategy.all_gather(data, group=group, sync_grads=sync_grads)
+
+    def gather_for_metrics(self, data: Any) -> Any:
+        """Gather every process's evaluation outputs into exactly the dataset's samples, each once.
+
+        Use it on what you computed over a loader set up with ``setup_dataloaders(..., even=False)``:
+        each process passes its tensors (first dimension: its samples; the processes may have
+        different numbers of them), or a dict / list / tuple of such tensors, and every process
+        gets the whole back, concatenated along the first dimension in the order the samples were
+        dealt out (for a loader that does not shuffle, the dataset's order). In one process the
+        data come back as they are.
+        """
+        self._ensure_environment("gather_for_metrics()")
+        if self.world_size == 1:
+            return data
+        if isinstance(data, torch.Tensor):
+            return _interleave(lite_collectives.all_gather_uneven(data.contiguous()))
+        if isinstance(data, dict):
+            return {key: self.gather_for_metrics(value) for key, value in data.items()}
+        if isinstance(data, (list, tuple)):
+            return type(data)(self.gather_for_metrics(value) for value in data)
+        raise TypeError(
+            f"gather_for_metrics() takes a tensor or a dict / list / tuple of tensors, got {type(data).__name__}"
+        )
 
     def all_reduce(self, data: Any, group: Any = None, reduce_op: str = "mean") -> Any:
         """Reduce tensors (or collections of them, or Python numbers) over every process.
@@ -791,3 +829,17 @@ def _as_number(name: str, value: Any) -> float | int:
         except (TypeError, ValueError):
             raise TypeError(f"log({name!r}, ...): {type(value).__name__} is not a number") from None
     return value
+
+
+def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Undo the unpadded sampler's dealing: sample ``j`` of rank ``r`` was position ``j * world_size + r``."""
+    if any(p.dim() == 0 for p in parts):
+        raise ValueError("gather_for_metrics(): the tensors need a first (samples) dimension; got a 0-d tensor")
+    lengths = [p.shape[0] for p in parts]
+    if max(lengths) - min(lengths) > 1 or lengths != sorted(lengths, reverse=True):
+        # Not dealt out by the unpadded sampler: keep each rank's block, in rank order.
+        return torch.cat(parts)
+    longest = lengths[0]
+    padded = [torch.cat([p, p.new_zeros((longest - p.shape[0], *p.shape[1:]))]) if p.shape[0] < longest else p for p in parts]
+    stacked = torch.stack(padded, dim=1)  # (longest, world_size, ...)
+    return stacked.reshape(longest * len(parts), *parts[0].shape[1:])[: sum(lengths)]
