@@ -29,10 +29,9 @@ class Lite(LightningLite):  # 1. subclass LightningLite, 2. move the body into r
         model = SmallCNN()  # 3. no .to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         model, optimizer = self.setup(model, optimizer)  # 4. setup() and setup_dataloaders()
-        train_loader, test_loader = self.setup_dataloaders(
-            DataLoader(train_set, batch_size=args.batch_size, shuffle=True),
-            DataLoader(test_set, batch_size=256),
-        )
+        train_loader = self.setup_dataloaders(DataLoader(train_set, batch_size=args.batch_size, shuffle=True))
+        # even=False: each process evaluates a disjoint share with no padded repeats
+        test_loader = self.setup_dataloaders(DataLoader(test_set, batch_size=256), even=False)
 
         model.train()
         step = 0
@@ -51,13 +50,14 @@ class Lite(LightningLite):  # 1. subclass LightningLite, 2. move the body into r
             self.log("epoch_loss", loss, step=step, reduce="mean")
 
         model.eval()
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        hits = []
         with torch.no_grad():
             for x, y in test_loader:
-                correct += (model(x).argmax(1) == y).sum()
-        # Each process saw its share of the test set: add the counts up.
-        total_correct = int(self.all_gather(correct).sum())
-        accuracy = total_correct / len(test_set)
+                hits.append(model(x).argmax(1) == y)
+        # Each process saw its share of the test set: gather every sample's result exactly once.
+        all_hits = self.gather_for_metrics(torch.cat(hits))
+        assert len(all_hits) == len(test_set)
+        accuracy = all_hits.float().mean().item()
         self.print(f"test accuracy: {accuracy:.3f}")
         return accuracy
 
