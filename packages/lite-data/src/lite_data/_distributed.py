@@ -65,7 +65,7 @@ def _sampling_kwargs(
         SequentialSampler,
     ):
         new_sampler = (DistributedSampler if even else UnpaddedDistributedSampler)(
-            dataloader.dataset,
+            dataloader.dataset,  # type: ignore[arg-type]  # sized: a map-style dataset
             num_replicas=num_replicas,
             rank=rank,
             shuffle=isinstance(sampler, RandomSampler),

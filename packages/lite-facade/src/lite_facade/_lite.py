@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import torch
 from torch import nn
@@ -33,13 +33,18 @@ from lite_devices import move_to_device
 from lite_facade._build import build_strategy
 from lite_facade._cli import effective_flags
 from lite_facade._logging import progress_bar
+from lite_facade._types import AcceleratorName, PrecisionName, StrategyName
 from lite_facade._rank_zero import rank_zero_warn, set_rank
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
 from lite_precision import PrecisionError
-from lite_strategies import StrategyError, map_state
+from lite_strategies import Strategy, StrategyError, map_state
 
 __all__ = ["LightningLite"]
+
+_M = TypeVar("_M", bound=nn.Module)
+_O = TypeVar("_O", bound=Optimizer)
+_O2 = TypeVar("_O2", bound=Optimizer)
 
 
 class LightningLite(ABC):
@@ -75,11 +80,11 @@ class LightningLite(ABC):
 
     def __init__(
         self,
-        accelerator: str | None = None,
-        strategy: Any = None,
+        accelerator: AcceleratorName | None = None,
+        strategy: StrategyName | Strategy | None = None,
         devices: int | str | Sequence[int] | None = None,
         num_nodes: int = 1,
-        precision: int | str = 32,
+        precision: PrecisionName = 32,
         plugins: Any = None,
         gpus: int | str | Sequence[int] | None = None,
         tpu_cores: int | str | Sequence[int] | None = None,
@@ -238,6 +243,22 @@ class LightningLite(ABC):
 
     # -- setup ---------------------------------------------------------------------------------------
 
+    # Typed as the model's and the optimizers' own classes: the wrappers forward attribute access to
+    # the originals, and a set-up optimizer is an instance of its original's class.
+    @overload
+    def setup(self, model: _M, *, move_to_device: bool = True) -> _M: ...
+
+    @overload
+    def setup(self, model: _M, optimizer: _O, /, *, move_to_device: bool = True) -> tuple[_M, _O]: ...
+
+    @overload
+    def setup(
+        self, model: _M, optimizer: _O, optimizer2: _O2, /, *, move_to_device: bool = True
+    ) -> tuple[_M, _O, _O2]: ...
+
+    @overload
+    def setup(self, model: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> tuple[Any, ...]: ...
+
     def setup(self, model: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
         """Set a model and its optimizers up for the strategy, the device and the precision.
 
@@ -265,7 +286,7 @@ class LightningLite(ABC):
             *(_LiteOptimizer(opt, self._strategy, original) for opt, original in zip(opts, optimizers)),
         )
 
-    def setup_module(self, model: nn.Module, move_to_device: bool = True) -> Any:
+    def setup_module(self, model: _M, move_to_device: bool = True) -> _M:
         """Set a model up alone (its optimizers, if any, later with :meth:`setup_optimizers`).
 
         Returns the wrapped model, as ``setup(model)`` does. With ``fsdp`` create the optimizers
@@ -281,7 +302,13 @@ class LightningLite(ABC):
         module = self._strategy.setup_module(model, move_to_device=move_to_device)
         wrapped = _LiteModule(module, self._precision, original_module=model)
         self._models.append(wrapped)
-        return wrapped
+        return wrapped  # type: ignore[return-value]  # the wrapper forwards to the model (see setup)
+
+    @overload
+    def setup_optimizers(self, optimizer: _O, /) -> _O: ...
+
+    @overload
+    def setup_optimizers(self, optimizer: _O, optimizer2: _O2, /, *optimizers: Optimizer) -> tuple[Any, ...]: ...
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         """Set optimizers up for the strategy and the precision (after :meth:`setup_module`).
@@ -337,6 +364,29 @@ class LightningLite(ABC):
                     yield
             else:
                 yield
+
+    @overload
+    def setup_dataloaders(
+        self,
+        dataloader: DataLoader[Any],
+        /,
+        *,
+        replace_sampler: bool = True,
+        move_to_device: bool = True,
+        even: bool = True,
+    ) -> DeviceDataLoader: ...
+
+    @overload
+    def setup_dataloaders(
+        self,
+        dataloader: DataLoader[Any],
+        dataloader2: DataLoader[Any],
+        /,
+        *dataloaders: DataLoader[Any],
+        replace_sampler: bool = True,
+        move_to_device: bool = True,
+        even: bool = True,
+    ) -> list[DeviceDataLoader]: ...
 
     def setup_dataloaders(
         self,
@@ -503,6 +553,12 @@ class LightningLite(ABC):
 
     # -- collectives ---------------------------------------------------------------------------------
 
+    @overload
+    def all_gather(self, data: torch.Tensor | float, group: Any = None, sync_grads: bool = False) -> torch.Tensor: ...
+
+    @overload
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any: ...
+
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
         """Gather tensors (or collections of them, or Python numbers) from every process.
 
@@ -668,7 +724,7 @@ class LightningLite(ABC):
 
     def load(
         self, filepath: str | Path, state: dict[str, Any] | None = None, *, weights_only: bool = True
-    ) -> Any:
+    ) -> dict[str, Any]:
         """Use instead of ``torch.load``: every process loads, tensors land on this process's device.
 
         Without ``state``, returns what was saved. With ``state`` (e.g. ``{"model": model,
@@ -679,7 +735,7 @@ class LightningLite(ABC):
         other Python objects.
         """
         if state is None:
-            return self._strategy.load_checkpoint(filepath, weights_only=weights_only)
+            return self._strategy.load_checkpoint(filepath, weights_only=weights_only)  # type: ignore[no-any-return,unused-ignore]
         if not isinstance(state, dict):
             raise TypeError(
                 f"load(state=...) takes a dict like {{'model': model}}, got {type(state).__name__}."
@@ -691,7 +747,7 @@ class LightningLite(ABC):
                 state[key] = value
         if isinstance(rest, dict) and RNG_KEY in rest and RNG_KEY not in state:
             self._restore_rng_states(rest.pop(RNG_KEY), filepath)
-        return rest
+        return rest  # type: ignore[no-any-return,unused-ignore]
 
     def _restore_rng_states(self, saved: Any, filepath: str | Path) -> None:
         from lite_data import set_rng_states

@@ -481,5 +481,6 @@ def _materialise(module: nn.Module, device: torch.device) -> None:
     module.to_empty(device=device)
     with torch.no_grad():
         for sub in module.modules():
-            if _own_tensors(sub) and callable(getattr(sub, "reset_parameters", None)):
-                sub.reset_parameters()
+            reset = getattr(sub, "reset_parameters", None)
+            if _own_tensors(sub) and callable(reset):
+                reset()
