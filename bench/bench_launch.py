@@ -225,9 +225,14 @@ def main() -> None:
     parser.add_argument("--launch-repeats", type=int, default=3)
     parser.add_argument("--json")
     parser.add_argument("--launch-only", action="store_true", help="skip the import timings")
-    parser.add_argument("--only", action="append", help="run only this launch case (repeatable), e.g. 'lite run (ddp)'")
+    parser.add_argument(
+        "--only", action="append", help="run only this launch case (repeatable), e.g. 'lite run (ddp)'"
+    )
     args = parser.parse_args()
-    result = {"imports": {} if args.launch_only else imports(args.repeats), "launch": launches(args.launch_repeats, args.only)}
+    result = {
+        "imports": {} if args.launch_only else imports(args.repeats),
+        "launch": launches(args.launch_repeats, args.only),
+    }
     print(
         "| import | median (s) | over `import torch` (s) | after torch, in-process (s) |\n|---|---:|---:|---:|"
     )

@@ -7,7 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from lite_data import DataLoaderError, DistributedSamplerWrapper, UnpaddedDistributedSampler, distributed_dataloader
+from lite_data import (
+    DataLoaderError,
+    DistributedSamplerWrapper,
+    UnpaddedDistributedSampler,
+    distributed_dataloader,
+)
 
 
 @given(n=st.integers(0, 50), replicas=st.integers(1, 6), shuffle=st.booleans(), epoch=st.integers(0, 3))
@@ -30,8 +35,10 @@ def test_seven_on_two() -> None:
 
 
 def test_distributed_dataloader_even_false() -> None:
-    loaders = [distributed_dataloader(DataLoader(range(7), batch_size=3), num_replicas=2, rank=r, even=False)
-               for r in (0, 1)]
+    loaders = [
+        distributed_dataloader(DataLoader(range(7), batch_size=3), num_replicas=2, rank=r, even=False)
+        for r in (0, 1)
+    ]
     assert [[int(i) for b in dl for i in b] for dl in loaders] == [[0, 2, 4, 6], [1, 3, 5]]
     padded = distributed_dataloader(DataLoader(range(7), batch_size=3), num_replicas=2, rank=1)
     assert len([i for b in padded for i in b]) == 4  # the default pads

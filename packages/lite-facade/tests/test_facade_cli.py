@@ -42,7 +42,15 @@ SCRIPT = textwrap.dedent(
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LITE_", "TORCHELASTIC"))}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK"):
+    for name in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "GROUP_RANK",
+    ):
         env.pop(name, None)
     env["OMP_NUM_THREADS"] = "1"
     return env
@@ -71,8 +79,17 @@ def test_help_of_the_console_script_and_of_python_m() -> None:
     assert top.returncode == 0 and "run" in top.stdout
     sub = subprocess.run([str(script), "run", "--help"], capture_output=True, text=True, timeout=60)
     assert sub.returncode == 0
-    for flag in ("--accelerator", "--strategy", "--devices", "--num-nodes", "--node-rank", "--main-address",
-                 "--main-port", "--precision", "-m"):
+    for flag in (
+        "--accelerator",
+        "--strategy",
+        "--devices",
+        "--num-nodes",
+        "--node-rank",
+        "--main-address",
+        "--main-port",
+        "--precision",
+        "-m",
+    ):
         assert flag in sub.stdout
     assert "LITE_DEVICES" in sub.stdout
     module = subprocess.run(
@@ -83,8 +100,18 @@ def test_help_of_the_console_script_and_of_python_m() -> None:
 
 def test_two_cpu_processes_get_the_flags(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(SCRIPT)
-    proc = lite_run("--accelerator", "cpu", "--devices", "2", "--precision", "bf16", "train.py", "--epochs", "3",
-                    cwd=tmp_path)
+    proc = lite_run(
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--precision",
+        "bf16",
+        "train.py",
+        "--epochs",
+        "3",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "RESULT" in proc.stdout, (proc.stdout, proc.stderr)
     # ranks 0 and 1 of 2, strategy ddp chosen for the external launcher, precision from the CLI,
@@ -100,8 +127,9 @@ def test_module_mode(tmp_path: Path) -> None:
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "train.py").write_text(SCRIPT)
-    proc = lite_run("--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "-m", "mypkg.train", "x",
-                    cwd=tmp_path)
+    proc = lite_run(
+        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "-m", "mypkg.train", "x", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert [r[:4] for r in results(proc)] == [["0", "2", "0", "ddp"], ["1", "2", "0", "ddp"]]
     assert all(r[-1] == "x" for r in results(proc))
@@ -110,12 +138,26 @@ def test_module_mode(tmp_path: Path) -> None:
 def test_two_nodes_on_loopback(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(SCRIPT)
     port = str(free_port())
-    common = ["--accelerator", "cpu", "--devices", "1", "--num-nodes", "2", "--main-address", "127.0.0.1",
-              "--main-port", port]
+    common = [
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+        "--num-nodes",
+        "2",
+        "--main-address",
+        "127.0.0.1",
+        "--main-port",
+        port,
+    ]
     nodes = [
         subprocess.Popen(
             [sys.executable, "-m", "lite_facade", "run", *common, "--node-rank", str(rank), "train.py"],
-            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for rank in (0, 1)
     ]
@@ -131,8 +173,12 @@ def test_two_nodes_on_loopback(tmp_path: Path) -> None:
                 node.wait(timeout=30)
     for code, _, err in outputs:
         assert code == 0, err
-    rows = sorted(line.split(" ", 7)[1:5] for _, out, _ in outputs for line in out.splitlines()
-                  if line.startswith("RESULT "))
+    rows = sorted(
+        line.split(" ", 7)[1:5]
+        for _, out, _ in outputs
+        for line in out.splitlines()
+        if line.startswith("RESULT ")
+    )
     # global rank, world size, node rank, strategy: one process on each "node"
     assert rows == [["0", "2", "0", "ddp"], ["1", "2", "1", "ddp"]]
 
@@ -144,7 +190,9 @@ def test_a_failing_rank_fails_the_launch_and_is_named(tmp_path: Path) -> None:
     assert "lite run: rank 1 (local rank 1 on node 0) failed with exit code 3" in proc.stderr
 
 
-def test_bad_arguments_are_refused_before_launching(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_arguments_are_refused_before_launching(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         main(["run", "--devices", "two", str(tmp_path / "x.py")])
     assert info.value.code == 2
@@ -160,8 +208,13 @@ def test_bad_arguments_are_refused_before_launching(tmp_path: Path, capsys: pyte
 
 
 def test_defaults_take_the_environment() -> None:
-    env = {"LITE_ACCELERATOR": "cpu", "LITE_STRATEGY": "ddp", "LITE_DEVICES": "2", "LITE_NUM_NODES": "3",
-           "LITE_PRECISION": "16-mixed"}
+    env = {
+        "LITE_ACCELERATOR": "cpu",
+        "LITE_STRATEGY": "ddp",
+        "LITE_DEVICES": "2",
+        "LITE_NUM_NODES": "3",
+        "LITE_PRECISION": "16-mixed",
+    }
     flags: dict[str, Any] = dict(accelerator=None, strategy=None, devices=None, num_nodes=1, precision=32)
     assert effective_flags(env, **flags) == dict(
         accelerator="cpu", strategy="ddp", devices=2, num_nodes=3, precision="16-mixed"
@@ -178,7 +231,10 @@ def test_an_explicit_flag_that_conflicts_names_both() -> None:
     with pytest.raises(LiteConfigurationError) as info:
         effective_flags(env, accelerator=None, strategy=None, devices=4, num_nodes=1, precision="16-mixed")
     message = str(info.value)
-    assert "devices=4 was passed to LightningLite, but the launcher set --devices 2 (LITE_DEVICES='2')" in message
+    assert (
+        "devices=4 was passed to LightningLite, but the launcher set --devices 2 (LITE_DEVICES='2')"
+        in message
+    )
     assert "precision='16-mixed'" in message and "--precision bf16" in message
 
 

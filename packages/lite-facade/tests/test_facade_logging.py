@@ -81,9 +81,13 @@ def _log_two_ranks(rank: int, world_size: int, directory: str) -> None:
     def body(self: Lite) -> None:
         self.log("rank", self.global_rank, step=0)
         self.log("mean_rank", float(self.global_rank), step=0, reduce="mean")
-        self.log_dict({"sum": torch.tensor(self.global_rank + 1.0), "max": self.global_rank}, step=1, reduce="max")
+        self.log_dict(
+            {"sum": torch.tensor(self.global_rank + 1.0), "max": self.global_rank}, step=1, reduce="max"
+        )
 
-    Lite(accelerator="cpu", strategy="ddp", devices=world_size, loggers=CSVLogger(directory, version=0)).run(body)
+    Lite(accelerator="cpu", strategy="ddp", devices=world_size, loggers=CSVLogger(directory, version=0)).run(
+        body
+    )
 
 
 def test_logged_on_rank_zero_only_and_reduced_first(tmp_path: Path) -> None:
@@ -106,7 +110,9 @@ def test_tensorboard_logger_needs_tensorboard(tmp_path: Path) -> None:
     assert list(logger.log_dir.glob("events.out.tfevents.*"))
 
 
-def test_progress_is_a_bar_on_rank_zero_with_tqdm_and_plain_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_is_a_bar_on_rank_zero_with_tqdm_and_plain_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     tqdm = pytest.importorskip("tqdm")
     lite = Lite(accelerator="cpu")
     bar = lite.progress(range(3), desc="epoch 0", disable=True)

@@ -23,6 +23,7 @@ TIMEOUT = 120
 
 @pytest.fixture(autouse=True)
 def _fresh_rank() -> Any:
+    rz.set_rank(None)  # an earlier run() in this process set it
     yield
     rz.set_rank(None)
 
@@ -44,7 +45,9 @@ def test_the_rank_comes_from_the_environment_then_from_set_rank(monkeypatch: pyt
     assert record.__name__ == "record"
 
 
-def test_warn_and_info_only_on_rank_zero(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_warn_and_info_only_on_rank_zero(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     rz.set_rank(1)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -108,7 +111,11 @@ def test_the_facades_own_warnings_print_once_over_two_processes(tmp_path: Path) 
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [sys.executable, "-m", "lite_facade", "run", "--accelerator", "cpu", "--devices", "2", "train.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("running as strategy='ddp' in the existing processes") == 1, proc.stderr

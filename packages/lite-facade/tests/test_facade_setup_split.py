@@ -77,7 +77,12 @@ def test_strategies_that_set_model_and_optimizer_up_together_say_to_use_setup(st
 
 @pytest.mark.parametrize(
     ("precision", "dtype"),
-    [("32", torch.float32), ("64", torch.float64), ("bf16-true", torch.bfloat16), ("bf16-mixed", torch.float32)],
+    [
+        ("32", torch.float32),
+        ("64", torch.float64),
+        ("bf16-true", torch.bfloat16),
+        ("bf16-mixed", torch.float32),
+    ],
 )
 def test_init_module_creates_on_the_device_in_the_precision_dtype(precision: str, dtype: torch.dtype) -> None:
     def body(self: Lite) -> None:
@@ -164,7 +169,7 @@ def _fsdp_missing_reset(rank: int, world_size: int) -> str:
                 model = nn.Sequential(nn.Linear(4, 4), NoReset())
             try:
                 self.setup_module(model)
-            except Exception as err:  # noqa: BLE001 - the message is the result
+            except Exception as err:  # the message is the result
                 return f"{type(err).__name__}: {err}"
             return "no error"
 

@@ -48,9 +48,21 @@ def mypy(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "user_script.py"
     script.write_text(code)
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent",
-         "--cache-dir", str(tmp_path / ".mypy_cache"), str(script)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--follow-imports=silent",
+            "--cache-dir",
+            str(tmp_path / ".mypy_cache"),
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
 
 

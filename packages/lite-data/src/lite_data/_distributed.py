@@ -20,7 +20,7 @@ from torch.utils.data import (
 
 from lite_data._errors import DataLoaderError
 from lite_data._record import recorded_arguments
-from lite_data._sampler import UnpaddedDistributedSampler, DistributedSamplerWrapper, check_replicas
+from lite_data._sampler import DistributedSamplerWrapper, UnpaddedDistributedSampler, check_replicas
 from lite_data._seed import SEED_ENV, seed_workers_requested, worker_init_function
 
 # DataLoader's own constructor parameters (``in_order`` and later ones included where this
@@ -50,7 +50,9 @@ def _sampling_kwargs(
     batch_sampler = dataloader.batch_sampler
     if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
         # A custom batch sampler: deal its batches out. DataLoader wants the batch options at defaults.
-        wrapped = DistributedSamplerWrapper(batch_sampler, num_replicas, rank, shuffle=False, seed=seed, even=even)
+        wrapped = DistributedSamplerWrapper(
+            batch_sampler, num_replicas, rank, shuffle=False, seed=seed, even=even
+        )
         return {
             "batch_sampler": wrapped,
             "batch_size": 1,
@@ -72,7 +74,9 @@ def _sampling_kwargs(
             seed=seed,
         )
     else:
-        new_sampler = DistributedSamplerWrapper(sampler, num_replicas, rank, shuffle=False, seed=seed, even=even)
+        new_sampler = DistributedSamplerWrapper(
+            sampler, num_replicas, rank, shuffle=False, seed=seed, even=even
+        )
     return {"sampler": new_sampler, "shuffle": False, "batch_sampler": None}
 
 
@@ -224,7 +228,9 @@ def distributed_dataloader(
         for name in _LOADER_PARAMS
         if name not in _SAMPLING_PARAMS and hasattr(dataloader, name)
     }
-    overrides = _sampling_kwargs(dataloader, num_replicas, rank, _sampler_seed() if seed is None else seed, even)
+    overrides = _sampling_kwargs(
+        dataloader, num_replicas, rank, _sampler_seed() if seed is None else seed, even
+    )
     if kwargs.get("worker_init_fn") is None and kwargs.get("num_workers", 0) > 0 and seed_workers_requested():
         overrides["worker_init_fn"] = functools.partial(worker_init_function, rank=rank)
     kwargs.update(overrides)

@@ -191,9 +191,8 @@ def _free_port() -> int:
 def torchrun_arguments(args: argparse.Namespace, nproc: int) -> list[str]:
     """The ``torch.distributed.run`` command line for parsed ``lite run`` arguments."""
     address = args.main_address or "127.0.0.1"
-    if args.main_port is not None:
-        port = args.main_port
-    else:
+    port = args.main_port
+    if port is None:
         port = _free_port() if args.num_nodes == 1 else 29500
     argv = [
         f"--nproc_per_node={nproc}",
@@ -211,7 +210,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.num_nodes < 1:
         parser.error(f"--num-nodes {args.num_nodes}: expected at least 1")
     if not 0 <= args.node_rank < args.num_nodes:
-        parser.error(f"--node-rank {args.node_rank}: expected 0 to {args.num_nodes - 1} (--num-nodes {args.num_nodes})")
+        parser.error(
+            f"--node-rank {args.node_rank}: expected 0 to {args.num_nodes - 1} (--num-nodes {args.num_nodes})"
+        )
     if not args.module and not os.path.isfile(args.script):
         parser.error(f"{args.script!r} is not a file; to run a module, pass -m {args.script}")
     nproc = _process_count(args.devices, args.accelerator, parser)

@@ -33,9 +33,9 @@ from lite_devices import move_to_device
 from lite_facade._build import build_strategy
 from lite_facade._cli import effective_flags
 from lite_facade._logging import progress_bar
-from lite_facade._types import AcceleratorName, PrecisionName, StrategyName
 from lite_facade._rank_zero import rank_zero_warn, set_rank
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
+from lite_facade._types import AcceleratorName, PrecisionName, StrategyName
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
 from lite_precision import PrecisionError
 from lite_strategies import Strategy, StrategyError, map_state
@@ -92,7 +92,11 @@ class LightningLite(ABC):
     ) -> None:
         # Flags left at their defaults take the values `lite run` set (LITE_* environment variables).
         flags = effective_flags(
-            accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes, precision=precision
+            accelerator=accelerator,
+            strategy=strategy,
+            devices=devices,
+            num_nodes=num_nodes,
+            precision=precision,
         )
         accelerator, strategy, devices = flags["accelerator"], flags["strategy"], flags["devices"]
         num_nodes, precision = flags["num_nodes"], flags["precision"]
@@ -156,7 +160,10 @@ class LightningLite(ABC):
         if launcher is None:
             self._ensure_environment()
             return self._run_with_environment(*args, **kwargs)
-        if self._strategy.cluster_environment.creates_processes_externally and not lite_collectives.is_initialized():
+        if (
+            self._strategy.cluster_environment.creates_processes_externally
+            and not lite_collectives.is_initialized()
+        ):
             # Under torchrun / `lite run` (srun, mpirun): the process group this run creates is
             # otherwise torn down during interpreter shutdown, which can abort the process.
             _leave_process_group_at_exit()
@@ -257,7 +264,9 @@ class LightningLite(ABC):
     ) -> tuple[_M, _O, _O2]: ...
 
     @overload
-    def setup(self, model: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> tuple[Any, ...]: ...
+    def setup(
+        self, model: nn.Module, *optimizers: Optimizer, move_to_device: bool = True
+    ) -> tuple[Any, ...]: ...
 
     def setup(self, model: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
         """Set a model and its optimizers up for the strategy, the device and the precision.
@@ -308,7 +317,9 @@ class LightningLite(ABC):
     def setup_optimizers(self, optimizer: _O, /) -> _O: ...
 
     @overload
-    def setup_optimizers(self, optimizer: _O, optimizer2: _O2, /, *optimizers: Optimizer) -> tuple[Any, ...]: ...
+    def setup_optimizers(
+        self, optimizer: _O, optimizer2: _O2, /, *optimizers: Optimizer
+    ) -> tuple[Any, ...]: ...
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         """Set optimizers up for the strategy and the precision (after :meth:`setup_module`).
@@ -319,7 +330,9 @@ class LightningLite(ABC):
         ``ddp_sharded`` set a model up together with its optimizer: use ``setup(model, optimizer)``.
         """
         if not optimizers:
-            raise ValueError("setup_optimizers() needs at least one optimizer: setup_optimizers(optimizer, ...)")
+            raise ValueError(
+                "setup_optimizers() needs at least one optimizer: setup_optimizers(optimizer, ...)"
+            )
         for opt in optimizers:
             if isinstance(opt, _LiteOptimizer):
                 raise ValueError(
@@ -327,7 +340,9 @@ class LightningLite(ABC):
                     "Pass the original optimizer (the wrapper's `.optimizer`)."
                 )
             if not isinstance(opt, Optimizer):
-                raise TypeError(f"setup_optimizers() takes torch.optim.Optimizer objects, got {type(opt).__name__}.")
+                raise TypeError(
+                    f"setup_optimizers() takes torch.optim.Optimizer objects, got {type(opt).__name__}."
+                )
         self._refuse_split_setup("setup_optimizers()")
         self._ensure_environment("setup_optimizers()")
         wrapped = tuple(_LiteOptimizer(opt, self._strategy, opt) for opt in optimizers)
@@ -554,7 +569,9 @@ class LightningLite(ABC):
     # -- collectives ---------------------------------------------------------------------------------
 
     @overload
-    def all_gather(self, data: torch.Tensor | float, group: Any = None, sync_grads: bool = False) -> torch.Tensor: ...
+    def all_gather(
+        self, data: torch.Tensor | float, group: Any = None, sync_grads: bool = False
+    ) -> torch.Tensor: ...
 
     @overload
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any: ...
@@ -664,7 +681,9 @@ class LightningLite(ABC):
             if reduce not in ("mean", "sum", "max", "min"):
                 raise ValueError(f"log(reduce={reduce!r}): expected 'mean', 'sum', 'max' or 'min'")
             metrics = {
-                key: self.all_reduce(torch.as_tensor(value, dtype=torch.float64).to(self.device), reduce_op=reduce)
+                key: self.all_reduce(
+                    torch.as_tensor(value, dtype=torch.float64).to(self.device), reduce_op=reduce
+                )
                 for key, value in metrics.items()
             }
         if not self.is_global_zero or not self._loggers:
@@ -842,11 +861,7 @@ def _check_materialisable(model: nn.Module, strategy_name: str, what: str) -> No
     """Refuse a model on the meta device under a strategy that cannot materialise it (all but fsdp)."""
     if strategy_name.startswith("fsdp"):
         return
-    meta = [
-        name
-        for name, tensor in (*model.named_parameters(), *model.named_buffers())
-        if tensor.is_meta
-    ]
+    meta = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
     if meta:
         shown = ", ".join(meta[:3]) + (f" and {len(meta) - 3} more" if len(meta) > 3 else "")
         raise ValueError(
@@ -890,12 +905,17 @@ def _as_number(name: str, value: Any) -> float | int:
 def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
     """Undo the unpadded sampler's dealing: sample ``j`` of rank ``r`` was position ``j * world_size + r``."""
     if any(p.dim() == 0 for p in parts):
-        raise ValueError("gather_for_metrics(): the tensors need a first (samples) dimension; got a 0-d tensor")
+        raise ValueError(
+            "gather_for_metrics(): the tensors need a first (samples) dimension; got a 0-d tensor"
+        )
     lengths = [p.shape[0] for p in parts]
     if max(lengths) - min(lengths) > 1 or lengths != sorted(lengths, reverse=True):
         # Not dealt out by the unpadded sampler: keep each rank's block, in rank order.
         return torch.cat(parts)
     longest = lengths[0]
-    padded = [torch.cat([p, p.new_zeros((longest - p.shape[0], *p.shape[1:]))]) if p.shape[0] < longest else p for p in parts]
+    padded = [
+        torch.cat([p, p.new_zeros((longest - p.shape[0], *p.shape[1:]))]) if p.shape[0] < longest else p
+        for p in parts
+    ]
     stacked = torch.stack(padded, dim=1)  # (longest, world_size, ...)
     return stacked.reshape(longest * len(parts), *parts[0].shape[1:])[: sum(lengths)]

@@ -47,7 +47,12 @@ class CSVLogger:
         version: the run's number; None: one more than the highest ``version_*`` already there.
     """
 
-    def __init__(self, root_dir: str | os.PathLike[str] = "lite_logs", name: str = "default", version: int | None = None):
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str] = "lite_logs",
+        name: str = "default",
+        version: int | None = None,
+    ):
         self.root_dir = Path(root_dir)
         self.name = name
         self._version = version
@@ -98,7 +103,12 @@ class TensorBoardLogger:
     constructor raises ``ModuleNotFoundError`` saying so. View with ``tensorboard --logdir <root_dir>``.
     """
 
-    def __init__(self, root_dir: str | os.PathLike[str] = "lite_logs", name: str = "default", version: int | None = None):
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str] = "lite_logs",
+        name: str = "default",
+        version: int | None = None,
+    ):
         try:
             import tensorboard  # noqa: F401
         except ModuleNotFoundError as err:

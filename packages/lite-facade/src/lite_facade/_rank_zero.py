@@ -52,7 +52,9 @@ def rank_zero_only(fn: _F) -> _F:
     return cast(_F, on_rank_zero)
 
 
-def rank_zero_warn(message: str | Warning, category: type[Warning] = UserWarning, stacklevel: int = 1) -> None:
+def rank_zero_warn(
+    message: str | Warning, category: type[Warning] = UserWarning, stacklevel: int = 1
+) -> None:
     """``warnings.warn`` on global rank 0 only; ``stacklevel`` counts as if the caller had called ``warnings.warn``."""
     if get_rank() == 0:
         warnings.warn(message, category, stacklevel=stacklevel + 1)

@@ -7,7 +7,7 @@ and says what it accepts); a type checker (``mypy --strict``, pyright) flags a m
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 __all__ = ["AcceleratorName", "PrecisionName", "StrategyName"]
 
@@ -38,9 +38,9 @@ StrategyName = Literal[
 ]
 """The ``strategy=`` names (a strategy object is accepted too)."""
 
-PrecisionName = Union[
-    Literal[64, 32, 16],
-    Literal["64", "32", "16", "bf16"],
-    Literal["64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed"],
-]
+PrecisionName = (
+    Literal[64, 32, 16]
+    | Literal["64", "32", "16", "bf16"]
+    | Literal["64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed"]
+)
 """The ``precision=`` values: LightningLite's ``64``/``32``/``16``/``"bf16"`` and the current names."""
