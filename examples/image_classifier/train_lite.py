@@ -74,6 +74,10 @@ if __name__ == "__main__":
     parser.add_argument("--devices", default=None)
     parser.add_argument("--precision", default=None)
     args = parser.parse_args()
-    flags = dict(accelerator=args.accelerator, strategy=args.strategy, devices=args.devices, precision=args.precision)
-    lite = Lite(**{k: v for k, v in flags.items() if v is not None}, loggers=CSVLogger("lite_logs", name="digits"))
+    flags = dict(
+        accelerator=args.accelerator, strategy=args.strategy, devices=args.devices, precision=args.precision
+    )
+    lite = Lite(
+        **{k: v for k, v in flags.items() if v is not None}, loggers=CSVLogger("lite_logs", name="digits")
+    )
     lite.run(args)  # 5. instantiate and call run()
