@@ -95,8 +95,8 @@ def install_wheels(session: nox.Session, packages: list[str], *extra: str, torch
 @nox.parametrize("package", PACKAGES)
 def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests with only that package's closure installed (built wheels)."""
-    # mypy: the facade's tests type-check a user script (test_facade_types.py)
-    extra = ["mypy"] if package == "lite-facade" else []
+    # the facade's tests type-check a user script with mypy, and show a tqdm bar in progress()
+    extra = ["mypy", "tqdm"] if package == "lite-facade" else []
     install_wheels(session, [*closure(package), "lite-testing"], *TEST_TOOLS, *extra)
     tests_dir = PACKAGES_DIR / package / "tests"
     # A backend's own tests run in its session (see `backend_tests`), not twice.
