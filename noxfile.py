@@ -109,7 +109,9 @@ def install_wheels(session: nox.Session, packages: list[str], *extra: str, torch
 def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests with only that package's closure installed (built wheels)."""
     numpy = ["numpy"] if package in NUMPY_INPUT_PACKAGES else []
-    install_wheels(session, [*closure(package), "lite-testing"], *TEST_TOOLS, *numpy)
+    # the facade's tests type-check a user script with mypy, and show a tqdm bar in progress()
+    extra = ["mypy", "tqdm"] if package == "lite-facade" else []
+    install_wheels(session, [*closure(package), "lite-testing"], *TEST_TOOLS, *numpy, *extra)
     tests_dir = PACKAGES_DIR / package / "tests"
     env = {"PYTHONDONTWRITEBYTECODE": "1"}
     third_party = tests_dir / "third_party_strategy"

@@ -9,7 +9,7 @@ from lite_data._errors import DataLoaderError, SeedError, UnsizedSamplerError
 from lite_data._loader import DeviceDataLoader
 from lite_data._record import record_dataloader_arguments, recorded_arguments
 from lite_data._rng import rng_states, set_rng_states
-from lite_data._sampler import DistributedSamplerWrapper
+from lite_data._sampler import DistributedSamplerWrapper, UnpaddedDistributedSampler
 from lite_data._seed import reset_seed, seed_everything, worker_init_function
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "DeviceDataLoader",
     "DistributedSamplerWrapper",
     "SeedError",
+    "UnpaddedDistributedSampler",
     "UnsizedSamplerError",
     "distributed_dataloader",
     "has_iterable_dataset",

@@ -20,7 +20,7 @@ from torch.utils.data import (
 
 from lite_data._errors import DataLoaderError
 from lite_data._record import recorded_arguments
-from lite_data._sampler import DistributedSamplerWrapper, check_replicas
+from lite_data._sampler import DistributedSamplerWrapper, UnpaddedDistributedSampler, check_replicas
 from lite_data._seed import SEED_ENV, seed_workers_requested, worker_init_function
 
 # DataLoader's own constructor parameters (``in_order`` and later ones included where this
@@ -43,12 +43,16 @@ def _has_distributed_sampler(dataloader: DataLoader[Any]) -> bool:
     )
 
 
-def _sampling_kwargs(dataloader: DataLoader[Any], num_replicas: int, rank: int, seed: int) -> dict[str, Any]:
+def _sampling_kwargs(
+    dataloader: DataLoader[Any], num_replicas: int, rank: int, seed: int, even: bool = True
+) -> dict[str, Any]:
     """The sampler arguments of the re-created loader: a disjoint share of the original's order."""
     batch_sampler = dataloader.batch_sampler
     if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
         # A custom batch sampler: deal its batches out. DataLoader wants the batch options at defaults.
-        wrapped = DistributedSamplerWrapper(batch_sampler, num_replicas, rank, shuffle=False, seed=seed)
+        wrapped = DistributedSamplerWrapper(
+            batch_sampler, num_replicas, rank, shuffle=False, seed=seed, even=even
+        )
         return {
             "batch_sampler": wrapped,
             "batch_size": 1,
@@ -62,15 +66,17 @@ def _sampling_kwargs(dataloader: DataLoader[Any], num_replicas: int, rank: int, 
         RandomSampler,
         SequentialSampler,
     ):
-        new_sampler = DistributedSampler(
-            dataloader.dataset,
+        new_sampler = (DistributedSampler if even else UnpaddedDistributedSampler)(
+            dataloader.dataset,  # type: ignore[arg-type]  # sized: a map-style dataset
             num_replicas=num_replicas,
             rank=rank,
             shuffle=isinstance(sampler, RandomSampler),
             seed=seed,
         )
     else:
-        new_sampler = DistributedSamplerWrapper(sampler, num_replicas, rank, shuffle=False, seed=seed)
+        new_sampler = DistributedSamplerWrapper(
+            sampler, num_replicas, rank, shuffle=False, seed=seed, even=even
+        )
     return {"sampler": new_sampler, "shuffle": False, "batch_sampler": None}
 
 
@@ -168,7 +174,7 @@ def _constructor_call(
 
 
 def distributed_dataloader(
-    dataloader: DataLoader[Any], *, num_replicas: int, rank: int, seed: int | None = None
+    dataloader: DataLoader[Any], *, num_replicas: int, rank: int, seed: int | None = None, even: bool = True
 ) -> DataLoader[Any]:
     """Return a copy of ``dataloader`` whose sampler gives rank ``rank`` a disjoint share of the data.
 
@@ -179,6 +185,10 @@ def distributed_dataloader(
       original shuffled) for DataLoader's own random or sequential sampler;
     - a :class:`DistributedSamplerWrapper` around a custom sampler or custom batch sampler,
       which must yield the same sequence on every rank.
+
+    With ``even=False`` the shares are not padded to the same length (an
+    :class:`UnpaddedDistributedSampler`, or the wrapper with ``even=False``): every sample is on
+    exactly one rank, for exact evaluation; the ranks' lengths then differ by at most one.
 
     ``seed`` (the shuffle's seed, the same on every rank) defaults to the one
     :func:`seed_everything` set (``PL_GLOBAL_SEED``), else 0. A DataLoader subclass created
@@ -218,7 +228,9 @@ def distributed_dataloader(
         for name in _LOADER_PARAMS
         if name not in _SAMPLING_PARAMS and hasattr(dataloader, name)
     }
-    overrides = _sampling_kwargs(dataloader, num_replicas, rank, _sampler_seed() if seed is None else seed)
+    overrides = _sampling_kwargs(
+        dataloader, num_replicas, rank, _sampler_seed() if seed is None else seed, even
+    )
     if kwargs.get("worker_init_fn") is None and kwargs.get("num_workers", 0) > 0 and seed_workers_requested():
         overrides["worker_init_fn"] = functools.partial(worker_init_function, rank=rank)
     kwargs.update(overrides)

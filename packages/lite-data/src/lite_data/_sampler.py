@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from lite_data._errors import DataLoaderError, UnsizedSamplerError
@@ -47,7 +48,8 @@ class DistributedSamplerWrapper(DistributedSampler[Any]):
     Each pass lists what ``sampler`` yields (indices, or index lists of a batch sampler)
     and deals it out like :class:`torch.utils.data.DistributedSampler`: padded by
     repetition to a multiple of ``num_replicas`` (or cut with ``drop_last=True``),
-    optionally shuffled with ``seed + epoch``. ``sampler`` must have a length and yield the
+    optionally shuffled with ``seed + epoch``; with ``even=False`` not padded (as
+    :class:`UnpaddedDistributedSampler`). ``sampler`` must have a length and yield the
     same sequence on every rank (deterministic, or seeded alike). :meth:`set_epoch` is
     passed on to ``sampler`` when it has one.
     """
@@ -61,6 +63,7 @@ class DistributedSamplerWrapper(DistributedSampler[Any]):
         seed: int = 0,
         *,
         drop_last: bool = False,
+        even: bool = True,
     ) -> None:
         check_replicas(num_replicas, rank, "DistributedSamplerWrapper")
         if not isinstance(sampler, Sized):
@@ -78,6 +81,10 @@ class DistributedSamplerWrapper(DistributedSampler[Any]):
             drop_last=drop_last,
         )
         self.sampler = sampler
+        self.even = even
+        if not even:
+            self.num_samples = len(range(rank, len(sampler), num_replicas))
+            self.total_size = len(sampler)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of this sampler's shuffle and of the wrapped sampler (when it has one)."""
@@ -89,4 +96,42 @@ class DistributedSamplerWrapper(DistributedSampler[Any]):
     def __iter__(self) -> Iterator[Any]:
         items: _SamplerItems = self.dataset  # type: ignore[assignment]
         items.reset()
-        return (items[index] for index in super().__iter__())
+        order = super().__iter__() if self.even else iter(unpadded_indices(self))
+        return (items[index] for index in order)
+
+
+def unpadded_indices(sampler: DistributedSampler[Any]) -> list[int]:
+    """This rank's indices of a whole pass, every index on exactly one rank (no padding, no cut)."""
+    n = len(sampler.dataset)  # type: ignore[arg-type]
+    if sampler.shuffle:
+        generator = torch.Generator()
+        generator.manual_seed(sampler.seed + sampler.epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+    else:
+        order = list(range(n))
+    return order[sampler.rank :: sampler.num_replicas]
+
+
+class UnpaddedDistributedSampler(DistributedSampler[Any]):
+    """A :class:`~torch.utils.data.DistributedSampler` that neither pads nor cuts: for exact evaluation.
+
+    Rank ``r`` gets positions ``r, r + num_replicas, r + 2 * num_replicas, ...`` of the pass's
+    order (the dataset's, or a permutation seeded with ``seed + epoch`` on every rank alike), so
+    every sample is seen exactly once over all ranks and the ranks' lengths differ by at most
+    one. 7 samples on 2 ranks: 4 and 3 (the padded sampler gives 4 and 4, one sample twice).
+    Training on it would leave the ranks with different numbers of steps: use it to evaluate.
+    """
+
+    def __init__(
+        self, dataset: Sized, num_replicas: int, rank: int, shuffle: bool = False, seed: int = 0
+    ) -> None:
+        check_replicas(num_replicas, rank, "UnpaddedDistributedSampler")
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(unpadded_indices(self))
+
+    def __len__(self) -> int:
+        return self.num_samples

@@ -12,6 +12,22 @@ Lite(strategy="ddp", devices=2, accelerator="cpu").run()
 
 from lite_data import seed_everything
 from lite_facade._lite import LightningLite
+from lite_facade._logging import CSVLogger, Logger, PlainProgress, TensorBoardLogger
+from lite_facade._rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
 
-__all__ = ["Inventory", "LightningLite", "LiteConfigurationError", "Plan", "resolve_plan", "seed_everything"]
+__all__ = [
+    "CSVLogger",
+    "Inventory",
+    "LightningLite",
+    "LiteConfigurationError",
+    "Logger",
+    "Plan",
+    "PlainProgress",
+    "TensorBoardLogger",
+    "rank_zero_info",
+    "rank_zero_only",
+    "rank_zero_warn",
+    "resolve_plan",
+    "seed_everything",
+]

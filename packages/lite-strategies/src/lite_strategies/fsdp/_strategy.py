@@ -172,9 +172,13 @@ class FSDPStrategy(ParallelStrategy):
 
         ``fully_shard`` places the shards on this process's device itself, so ``move_to_device``
         has no effect here. A module that is already an ``FSDPModule`` (sharded by the user) is
-        kept as it is.
+        kept as it is. A module on the meta device (created under ``torch.device("meta")``) is
+        sharded first, then each process allocates its shards on its device and fills them with
+        every submodule's ``reset_parameters()``; a submodule with parameters of its own but no
+        ``reset_parameters`` raises :class:`StrategyError` before anything is sharded.
         """
         fsdp = import_fsdp()
+        on_meta = _check_materialisable(module)
         module = self.precision.convert_module(module)
         if not isinstance(module, fsdp.FSDPModule):
             kwargs: dict[str, Any] = {
@@ -191,6 +195,8 @@ class FSDPStrategy(ParallelStrategy):
                     if submodule is not module and self._wrap_policy(submodule):
                         fsdp.fully_shard(submodule, **kwargs)
             fsdp.fully_shard(module, **kwargs)
+        if on_meta:
+            _materialise(module, self.root_device)
         self._wrapped.append(weakref.ref(module))
         return module
 
@@ -453,3 +459,36 @@ def _no_gradient_sync(module: Any) -> Iterator[None]:
         yield
     finally:
         module.set_requires_gradient_sync(True)
+
+
+def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+
+
+def _check_materialisable(module: nn.Module) -> bool:
+    """Whether ``module`` has tensors on the meta device; raises if some cannot be initialised."""
+    if not any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+        return False
+    missing = [
+        f"{name or '<root>'} ({type(sub).__name__})"
+        for name, sub in module.named_modules()
+        if any(t.is_meta for t in _own_tensors(sub)) and not callable(getattr(sub, "reset_parameters", None))
+    ]
+    if missing:
+        raise StrategyError(
+            "the module is on the meta device, and fsdp materialises it by calling each submodule's "
+            f"reset_parameters(), which these lack: {', '.join(missing[:5])}. Give them a reset_parameters() "
+            "that initialises their own parameters and buffers, or create the model on a real device "
+            "(init_module(empty_init=False))"
+        )
+    return True
+
+
+def _materialise(module: nn.Module, device: torch.device) -> None:
+    """Allocate the (sharded) meta tensors on ``device``, then initialise them with ``reset_parameters``."""
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for sub in module.modules():
+            reset = getattr(sub, "reset_parameters", None)
+            if _own_tensors(sub) and callable(reset):
+                reset()
