@@ -99,7 +99,9 @@ def test_shape_mismatch_on_gloo_names_the_rank_gloo_aborted() -> None:
     assert out["raised"] == "ProcessGroupBrokenError" and out["seconds"] < 15
     # Named by its record ("rank 0 (pid ...) is gone") or, when the crashed rank hosted the
     # rendezvous store and the survivor noticed that first, as the store's host.
-    assert f"rank {crashed[0]} (pid" in out["message"] or f"rank {crashed[0]} is unreachable" in out["message"]
+    assert (
+        f"rank {crashed[0]} (pid" in out["message"] or f"rank {crashed[0]} is unreachable" in out["message"]
+    )
 
 
 def test_an_idle_rank_gets_one_report_then_the_timeout_names_it() -> None:

@@ -118,4 +118,4 @@ def test_the_facades_own_warnings_print_once_over_two_processes(tmp_path: Path) 
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("running as strategy='ddp' in the existing processes") == 1, proc.stderr
+    assert proc.stderr.count("already started them: running as strategy='ddp'") == 1, proc.stderr

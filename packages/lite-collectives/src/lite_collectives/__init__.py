@@ -5,15 +5,7 @@ and without ``torch.distributed``; every wait is bounded by a timeout, and a wat
 ranks that diverge within seconds. Needs torch only (not numpy).
 """
 
-from lite_collectives._collectives import (
-    all_gather,
-    all_gather_object,
-    all_gather_uneven,
-    all_reduce,
-    barrier,
-    broadcast,
-    gather_object,
-)
+from lite_collectives._collectives import all_gather, all_gather_uneven, all_reduce, barrier
 from lite_collectives._environment import ClusterEnvironment
 from lite_collectives._environments import (
     ENVIRONMENTS,
@@ -34,6 +26,7 @@ from lite_collectives._errors import (
     ProcessGroupBrokenError,
 )
 from lite_collectives._lifecycle import default_backend, destroy_process_group, init_process_group
+from lite_collectives._objects import all_gather_object, broadcast, gather_object
 from lite_collectives._ranks import (
     global_rank,
     is_global_zero,
