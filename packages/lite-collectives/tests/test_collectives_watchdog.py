@@ -111,7 +111,7 @@ def test_an_idle_rank_gets_one_report_then_the_timeout_names_it() -> None:
     assert out["message"].startswith("barrier timed out after 8 s on rank 0 of 2")
     assert "Ranks that never arrived: 1." in out["message"]
     assert "rank 1 (pid" in out["message"] and "is in no collective (last: #1 all_reduce" in out["message"]
-    assert "`timeout=` on the strategy" in out["message"]
+    assert "LightningLite(timeout=3600)" in out["message"] and "`timeout=` on the strategy" in out["message"]
     reports = [line for line in out["stderr"].splitlines() if "has waited" in line]
     assert len(reports) == 1 and "rank 0 has waited 3 s in #2 barrier" in reports[0]
     assert out["next"].startswith("ProcessGroupBrokenError: the process group is broken")

@@ -25,9 +25,9 @@ POLL_S = 0.25
 #: How often an idle rank's thread checks whether a waiting rank asked where it is.
 IDLE_POLL_S = 1.0
 TIMEOUT_HINT = (
-    "If the wait is legitimate (a slow step on one rank), raise the timeout: `timeout=` on the strategy, "
-    "e.g. LightningLite(strategy=DDPStrategy(timeout=3600)) (seconds or a timedelta; default 30 minutes), "
-    "or init_process_group(timeout=...) when you start the group yourself."
+    "If the wait is legitimate (a slow step on one rank), raise the timeout: LightningLite(timeout=3600) "
+    "or `timeout=` on the strategy, e.g. DDPStrategy(timeout=3600) (seconds or a timedelta; default 30 "
+    "minutes), or init_process_group(timeout=...) when you start the group yourself."
 )
 
 _POLL = timedelta(seconds=POLL_S)

@@ -7,6 +7,7 @@ call ``setup`` / ``setup_dataloaders`` / ``backward``, and instantiate it with t
 from __future__ import annotations
 
 import atexit
+from datetime import timedelta
 import functools
 import os
 from abc import ABC, abstractmethod
@@ -66,6 +67,11 @@ class LightningLite(StepMethods, CollectiveMethods, LoggingMethods, CheckpointMe
         loggers: one logger or a list of them for :meth:`log` / :meth:`log_dict`
             (:class:`~lite_facade.CSVLogger`, :class:`~lite_facade.TensorBoardLogger`, or any
             object with ``log_metrics(metrics, step)``).
+        timeout: how long a collective (and the start of the process group) may wait for the other
+            processes, in seconds or as a ``timedelta``; ``None`` keeps the strategy's default of 30
+            minutes, long enough for a slow first step or a checkpoint written by one rank. A wait that
+            runs long is reported well before (see the lite-collectives page); ignored by strategies
+            that run in one process.
 
     The flags left at their defaults take the values of ``lite run`` (the ``LITE_*`` environment
     variables; see the launching page).
@@ -90,6 +96,7 @@ class LightningLite(StepMethods, CollectiveMethods, LoggingMethods, CheckpointMe
         gpus: int | str | Sequence[int] | None = None,
         tpu_cores: int | str | Sequence[int] | None = None,
         loggers: Any = None,
+        timeout: float | timedelta | None = None,
     ) -> None:
         # Flags left at their defaults take the values `lite run` set (LITE_* environment variables).
         flags = effective_flags(
@@ -115,7 +122,7 @@ class LightningLite(StepMethods, CollectiveMethods, LoggingMethods, CheckpointMe
         for message in self._plan.warnings:  # once, on global rank 0 (not once per process)
             rank_zero_warn(message, UserWarning, stacklevel=2)
         try:
-            self._strategy = build_strategy(self._plan)
+            self._strategy = build_strategy(self._plan, timeout=timeout)
         except (StrategyError, PrecisionError) as err:  # what only building the strategy can tell
             plan = self._plan
             raise LiteConfigurationError(

@@ -86,7 +86,10 @@ def _choose_strategy(
     external = flags.environment.creates_processes_externally
     if isinstance(flags.strategy, Strategy):
         return flags.strategy.spec
-    if flags.strategy is None:
+    # "auto" (Fabric's and Lightning 2's default) is the same as leaving the strategy out.
+    if flags.strategy is None or (
+        isinstance(flags.strategy, str) and flags.strategy.strip().lower() == "auto"
+    ):
         if flags.selection is None:
             return None  # a default for devices that failed to parse would only add derived errors
         world_size = flags.selection.num_devices * flags.num_nodes

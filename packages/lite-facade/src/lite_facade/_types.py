@@ -15,6 +15,7 @@ AcceleratorName = Literal["cpu", "gpu", "cuda", "mps", "tpu", "xla", "auto"]
 """The ``accelerator=`` names."""
 
 StrategyName = Literal[
+    "auto",
     "single_device",
     "single",
     "dp",

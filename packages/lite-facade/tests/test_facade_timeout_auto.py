@@ -1,0 +1,42 @@
+"""LightningLite(timeout=...) reaches the strategy's process group; strategy="auto" is the default choice."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from lite_facade import LightningLite, LiteConfigurationError
+from lite_strategies import DDPStrategy
+
+
+class Lite(LightningLite):
+    def run(self) -> None:
+        pass
+
+
+def test_timeout_goes_to_a_strategy_that_waits_on_other_processes() -> None:
+    lite = Lite(strategy="ddp_spawn", accelerator="cpu", devices=2, timeout=12)
+    assert lite._strategy._timeout == timedelta(seconds=12)
+    assert Lite(
+        strategy="ddp", accelerator="cpu", devices=2, timeout=timedelta(minutes=2)
+    )._strategy._timeout == (timedelta(minutes=2))
+    Lite(accelerator="cpu", timeout=5)  # one process: nothing to wait for, accepted
+
+
+@pytest.mark.parametrize("timeout", [-3, 0, "soon"])
+def test_a_bad_timeout_fails_at_construction(timeout: object) -> None:
+    with pytest.raises(LiteConfigurationError, match="timeout"):
+        Lite(strategy="ddp", accelerator="cpu", devices=2, timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_timeout_with_a_strategy_object_says_where_it_goes() -> None:
+    with pytest.raises(LiteConfigurationError, match=r"DDPStrategy\(timeout=3\)"):
+        Lite(strategy=DDPStrategy(), accelerator="cpu", devices=2, timeout=3)
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_strategy_auto_is_the_default_choice(devices: int) -> None:
+    auto = Lite(strategy="auto", accelerator="cpu", devices=devices)
+    default = Lite(accelerator="cpu", devices=devices)
+    assert auto.plan.strategy == default.plan.strategy
