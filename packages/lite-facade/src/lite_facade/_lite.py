@@ -7,12 +7,12 @@ call ``setup`` / ``setup_dataloaders`` / ``backward``, and instantiate it with t
 from __future__ import annotations
 
 import atexit
-from datetime import timedelta
 import functools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 import torch
