@@ -36,7 +36,12 @@ from lite_facade._lite_logging import LoggingMethods, check_loggers
 from lite_facade._lite_step import StepMethods
 from lite_facade._rank_zero import rank_zero_warn, set_rank
 from lite_facade._resolve import Inventory, LiteConfigurationError, Plan, resolve_plan
-from lite_facade._setup_checks import SkipInitialisation, check_materialisable, check_setup_arguments
+from lite_facade._setup_checks import (
+    SkipInitialisation,
+    check_materialisable,
+    check_optimizers,
+    check_setup_arguments,
+)
 from lite_facade._types import AcceleratorName, PrecisionName, StrategyName
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
 from lite_precision import PrecisionError
@@ -343,16 +348,7 @@ class LightningLite(StepMethods, CollectiveMethods, LoggingMethods, CheckpointMe
             raise ValueError(
                 "setup_optimizers() needs at least one optimizer: setup_optimizers(optimizer, ...)"
             )
-        for opt in optimizers:
-            if isinstance(opt, _LiteOptimizer):
-                raise ValueError(
-                    "An optimizer should be passed only once to `setup_optimizers()`: this one is already set up. "
-                    "Pass the original optimizer (the wrapper's `.optimizer`)."
-                )
-            if not isinstance(opt, Optimizer):
-                raise TypeError(
-                    f"setup_optimizers() takes torch.optim.Optimizer objects, got {type(opt).__name__}."
-                )
+        check_optimizers(optimizers, "setup_optimizers()")
         self._refuse_split_setup("setup_optimizers()")
         self._ensure_environment("setup_optimizers()")
         wrapped = tuple(_LiteOptimizer(opt, self._strategy, opt) for opt in optimizers)

@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-
+from lite_facade._lite_parts import LiteParts
 from lite_facade._rank_zero import rank_zero_warn
 from lite_facade._wrappers import _LiteModule, _LiteOptimizer
 from lite_strategies import map_state, state_leaves
 
-if TYPE_CHECKING:
-    from lite_strategies import Strategy
 
-
-class CheckpointMethods:
+class CheckpointMethods(LiteParts):
     """Checkpoints of :class:`~lite_facade.LightningLite` (a part of it, kept in its own module)."""
-
-    if TYPE_CHECKING:  # provided by LightningLite
-        _strategy: Strategy
-
-        @property
-        def device(self) -> torch.device: ...
-        @property
-        def world_size(self) -> int: ...
-        @property
-        def global_rank(self) -> int: ...
-        @property
-        def local_rank(self) -> int: ...
-        @property
-        def is_global_zero(self) -> bool: ...
-        def _ensure_environment(self, what: str = "this call") -> None: ...
 
     # -- checkpoints ---------------------------------------------------------------------------------
 

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import torch
 
 import lite_collectives
-
-if TYPE_CHECKING:
-    from lite_strategies import Strategy
+from lite_facade._lite_parts import LiteParts
 
 
-class CollectiveMethods:
+class CollectiveMethods(LiteParts):
     """The collectives of :class:`~lite_facade.LightningLite` (a part of it, kept in its own module)."""
-
-    if TYPE_CHECKING:  # provided by LightningLite
-        _strategy: Strategy
-
-        @property
-        def device(self) -> torch.device: ...
-        @property
-        def world_size(self) -> int: ...
-        @property
-        def global_rank(self) -> int: ...
-        @property
-        def local_rank(self) -> int: ...
-        @property
-        def is_global_zero(self) -> bool: ...
-        def _ensure_environment(self, what: str = "this call") -> None: ...
 
     # -- collectives ---------------------------------------------------------------------------------
 

@@ -6,30 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lite_facade._lite_parts import LiteParts
 from lite_facade._logging import progress_bar
 
-if TYPE_CHECKING:
-    from lite_strategies import Strategy
 
-
-class LoggingMethods:
+class LoggingMethods(LiteParts):
     """Logging and progress of :class:`~lite_facade.LightningLite` (a part of it, kept in its own module)."""
 
     if TYPE_CHECKING:  # provided by LightningLite
-        _strategy: Strategy
-
-        @property
-        def device(self) -> torch.device: ...
-        @property
-        def world_size(self) -> int: ...
-        @property
-        def global_rank(self) -> int: ...
-        @property
-        def local_rank(self) -> int: ...
-        @property
-        def is_global_zero(self) -> bool: ...
-        def _ensure_environment(self, what: str = "this call") -> None: ...
-
         _loggers: list[Any]
 
         def all_reduce(self, data: Any, group: Any = None, reduce_op: str = "mean") -> Any: ...

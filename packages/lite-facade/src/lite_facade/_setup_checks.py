@@ -47,16 +47,7 @@ def check_setup_arguments(model: nn.Module, optimizers: Sequence[Optimizer]) -> 
         )
     if not isinstance(model, nn.Module):
         raise TypeError(f"setup() takes a torch.nn.Module first, got {type(model).__name__}.")
-    for opt in optimizers:
-        if isinstance(opt, _LiteOptimizer):
-            raise ValueError(
-                "An optimizer should be passed only once to the `setup()` method: this one is already set up. "
-                "Pass the original optimizer (the wrapper's `.optimizer`)."
-            )
-        if not isinstance(opt, Optimizer):
-            raise TypeError(
-                f"setup() takes torch.optim.Optimizer objects after the model, got {type(opt).__name__}."
-            )
+    check_optimizers(optimizers, "setup()")
     # An optimizer over parameters that are not the model's would train something else: the
     # model would silently not change. A subset (fine-tuning a head) is fine.
     model_params = {id(p) for p in model.parameters()}
@@ -75,3 +66,15 @@ def check_setup_arguments(model: nn.Module, optimizers: Sequence[Optimizer]) -> 
                 "parameters (e.g. `torch.optim.SGD(model.parameters(), ...)`), or set up each model "
                 "with its own optimizers."
             )
+
+
+def check_optimizers(optimizers: Sequence[Optimizer], where: str) -> None:
+    """Refuse an optimizer that is already set up, or anything that is not an optimizer."""
+    for opt in optimizers:
+        if isinstance(opt, _LiteOptimizer):
+            raise ValueError(
+                f"An optimizer should be passed only once to the `{where}` method: this one is already set up. "
+                "Pass the original optimizer (the wrapper's `.optimizer`)."
+            )
+        if not isinstance(opt, Optimizer):
+            raise TypeError(f"{where} takes torch.optim.Optimizer objects, got {type(opt).__name__}.")
