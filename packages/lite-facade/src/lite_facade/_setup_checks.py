@@ -28,7 +28,7 @@ def check_materialisable(model: nn.Module, strategy_name: str, what: str) -> Non
         return
     meta = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
     if meta:
-        shown = ", ".join(meta[:3]) + (f" and {len(meta) - 3} more" if len(meta) > 3 else "")
+        shown = _first_few(meta, 3)
         raise ValueError(
             f"{what}: the model has {len(meta)} parameter(s)/buffer(s) on the meta device ({shown}), which hold no "
             f"values, and strategy={strategy_name!r} cannot materialise them. Create the model inside "
@@ -59,7 +59,7 @@ def check_setup_arguments(model: nn.Module, optimizers: Sequence[Optimizer]) -> 
             if id(p) not in model_params
         ]
         if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            shown = _first_few(foreign, 5)
             raise ValueError(
                 f"setup(): optimizer {index} ({type(opt).__name__}) holds {len(foreign)} parameter(s) that are not "
                 f"parameters of the model passed with it: {shown}. Create the optimizer from this model's "
@@ -78,3 +78,8 @@ def check_optimizers(optimizers: Sequence[Optimizer], where: str) -> None:
             )
         if not isinstance(opt, Optimizer):
             raise TypeError(f"{where} takes torch.optim.Optimizer objects, got {type(opt).__name__}.")
+
+
+def _first_few(items: Sequence[str], limit: int) -> str:
+    """``items`` joined with commas, the ones past ``limit`` counted ("a, b and 3 more")."""
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
