@@ -39,6 +39,21 @@ def _many_checks(rank: int, world: int) -> dict[str, Any]:
     out["uneven"] = lc.all_gather_uneven(torch.full((rank + 1, 2), float(rank)))
     out["uneven_ndim"] = lc.all_gather_uneven(torch.arange(rank + 1).reshape((1,) * rank + (rank + 1,)))
     out["mismatch"] = _raises(lc.all_gather, torch.zeros(rank + 1))
+    # Small gathers travel inside the fixed-size header, large ones after it: both kinds, mixed
+    # dtypes, and a mismatch between a rank whose tensor fits the header and one whose does not.
+    mixed = {
+        "flag": torch.tensor([rank % 2 == 0, True]),
+        "half": torch.full((2, 3), rank + 0.5, dtype=torch.bfloat16),
+        "count": torch.tensor(rank * 1000, dtype=torch.int64),
+        "z": torch.tensor([complex(rank, -rank)], dtype=torch.complex128),
+        "t": torch.arange(6, dtype=torch.float32).reshape(2, 3).t() + rank,  # not contiguous
+    }
+    out["mixed"] = lc.all_gather(mixed)
+    out["large"] = lc.all_gather(torch.arange(300, dtype=torch.float64) + rank)
+    out["many"] = lc.all_gather([torch.full((20,), float(rank)) for _ in range(12)])  # > one header
+    out["inline_vs_large"] = _raises(lc.all_gather, torch.zeros(4 if rank == 0 else 400))
+    out["grads_apart"] = _raises(lc.all_gather, torch.ones(2, requires_grad=True), sync_grads=rank == 0)
+    out["after_gather_mismatch"] = lc.all_gather(torch.tensor([rank]))
     out["dtype_mismatch"] = _raises(
         lc.all_gather_uneven, torch.zeros(1, dtype=torch.float64 if rank else torch.float32)
     )
@@ -83,6 +98,29 @@ def test_collectives_across_ranks(world: int) -> None:
         for r in ranks:
             assert f"rank {r}: [float32[{r + 1}]]" in out["mismatch"]
         assert "all_gather_uneven" in out["mismatch"]
+        mixed = out["mixed"]
+        assert torch.equal(mixed["flag"], torch.tensor([[r % 2 == 0, True] for r in ranks]))
+        assert torch.equal(
+            mixed["half"], torch.stack([torch.full((2, 3), r + 0.5) for r in ranks]).bfloat16()
+        )
+        assert torch.equal(mixed["count"], torch.tensor([r * 1000 for r in ranks]))
+        assert torch.equal(
+            mixed["z"], torch.tensor([[complex(r, -r)] for r in ranks], dtype=torch.complex128)
+        )
+        expected_t = torch.stack([torch.arange(6.0).reshape(2, 3).t() + r for r in ranks])
+        assert torch.equal(mixed["t"], expected_t) and mixed["t"].is_contiguous()
+        assert torch.equal(
+            out["large"], torch.stack([torch.arange(300.0, dtype=torch.float64) + r for r in ranks])
+        )
+        assert all(torch.equal(t, torch.tensor([[float(r)] * 20 for r in ranks])) for t in out["many"])
+        assert out["inline_vs_large"].startswith(
+            "CollectiveError: all_gather needs tensors of the same shape"
+        )
+        assert "rank 0: [float32[4]]" in out["inline_vs_large"]
+        assert "rank 1: [float32[400]]" in out["inline_vs_large"]
+        assert out["grads_apart"].startswith("CollectiveError: all_gather: ranks [")
+        assert "sync_grads=True" in out["grads_apart"]
+        assert torch.equal(out["after_gather_mismatch"], torch.arange(world).view(world, 1))
         assert "CollectiveError" in out["dtype_mismatch"] and "rank 1: [float64[1]]" in out["dtype_mismatch"]
         stacked = torch.stack(ys)
         assert torch.equal(out["reduce_sum"], stacked.sum(0))

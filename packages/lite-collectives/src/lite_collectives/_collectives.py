@@ -23,11 +23,16 @@ from lite_collectives._lifecycle import as_timeout, group_timeout
 from lite_collectives._ranks import is_initialized
 from lite_collectives._watchdog import TIMEOUT_HINT, Watch, watch_for
 from lite_collectives._wire import (
+    SIGNATURE_WIDTH,
+    build_header,
     decode_meta,
     dtype_code,
     dtype_name,
     encode_meta,
+    fits_header,
+    read_heads,
     signature,
+    unpack_header,
 )
 
 # Set to 1 to compare every rank's tensor shapes and dtypes before all_reduce (costs one
@@ -146,10 +151,34 @@ def _run(watch: Watch | None, op: str, group: Any, start: Callable[[], Any]) -> 
 
 def _all_gather_into(watch: Watch | None, op: str, tensor: torch.Tensor, group: Any) -> torch.Tensor:
     """``(world_size, *tensor.shape)``: every rank's ``tensor``, in one backend collective."""
-    flat = tensor.contiguous().view(-1)
-    out = flat.new_empty(_size(group) * flat.numel())
+    size = watch.size if watch is not None else _size(group)
+    flat = tensor.reshape(-1)
+    out = flat.new_empty(size * flat.numel())
     _run(watch, op, group, lambda: _ALL_GATHER_SINGLE(out, flat, group=group, async_op=True))
-    return out.view(_size(group), *tensor.shape)
+    return out.view(size, *tensor.shape)
+
+
+def _agree(everyone: torch.Tensor) -> bool:
+    """Whether every row of ``everyone`` (one signature per rank) equals the first."""
+    return bool((everyone == everyone[0]).all())
+
+
+def _raise_mismatch(
+    op: str, encoding: list[int], lengths: list[int], group: Any, watch: Watch | None, hint: str
+) -> None:
+    """Exchange every rank's full shape description (``lengths``: each one's length) and raise.
+
+    Every rank sees the same table, so every rank raises together (no rank is left waiting).
+    """
+    device = _default_device(group)
+    padded = torch.zeros(max(lengths), dtype=torch.int64, device=device)
+    padded[: len(encoding)] = torch.tensor(encoding, dtype=torch.int64)
+    full = _all_gather_into(watch, f"{op} (shape report)", padded, group).cpu().tolist()
+    lines = "\n".join(f"  - rank {r}: {_describe(decode_meta(row))}" for r, row in enumerate(full))
+    raise CollectiveError(
+        f"{op} needs tensors of the same shape and dtype on every rank, but they differ "
+        f"(this is rank {_rank(group)}):\n{lines}" + (f"\n{hint}" if hint else "")
+    )
 
 
 def _check_same_metadata(
@@ -158,25 +187,38 @@ def _check_same_metadata(
     """Compare every rank's tensor shapes and dtypes; on any difference raise, listing each rank's.
 
     One small tensor collective when they agree (a fixed-width signature); a second one, of the
-    full descriptions, only to write the error. Every rank sees the same table, so every rank
-    raises together (no rank is left waiting).
+    full descriptions, only to write the error.
     """
     encoding = encode_meta(tensors)
-    device = _default_device(group)
-    mine = torch.tensor(signature(encoding), dtype=torch.int64, device=device)
+    mine = torch.tensor(signature(encoding), dtype=torch.int64, device=_default_device(group))
     everyone = _all_gather_into(watch, f"{op} (shape check)", mine, group)
-    if bool((everyone == everyone[0]).all()):
-        return
-    longest = int(everyone[:, 0].max())
-    padded = torch.zeros(longest, dtype=torch.int64, device=device)
-    padded[: len(encoding)] = torch.tensor(encoding, dtype=torch.int64)
-    full = _all_gather_into(watch, f"{op} (shape report)", padded, group).cpu().tolist()
-    metas = [decode_meta(row) for row in full]
-    lines = "\n".join(f"  - rank {r}: {_describe(meta)}" for r, meta in enumerate(metas))
-    raise CollectiveError(
-        f"{op} needs tensors of the same shape and dtype on every rank, but they differ "
-        f"(this is rank {_rank(group)}):\n{lines}" + (f"\n{hint}" if hint else "")
-    )
+    if not _agree(everyone):
+        _raise_mismatch(op, encoding, everyone[:, 0].tolist(), group, watch, hint)
+
+
+_MISMATCH_HINT = "Use all_gather_uneven(tensor) to gather tensors whose shapes differ across ranks."
+
+
+def _gather_checked(
+    tensors: list[torch.Tensor], group: Any, watch: Watch | None, inline: bool
+) -> list[torch.Tensor] | None:
+    """Exchange headers; raise on every rank if shapes differ; the gathered tensors when inlined."""
+    encoding = encode_meta(tensors)
+    inline = inline and fits_header(tensors)
+    device = tensors[0].device if inline else _default_device(group)
+    gathered = _all_gather_into(watch, "all_gather", build_header(encoding, tensors, inline, device), group)
+    heads, raw = read_heads(gathered)
+    first = heads[0]
+    if any(head[:SIGNATURE_WIDTH] != first[:SIGNATURE_WIDTH] for head in heads):
+        lengths = [head[0] for head in heads]
+        _raise_mismatch("all_gather", encoding, lengths, group, watch, _MISMATCH_HINT)
+    if any(head[SIGNATURE_WIDTH] != first[SIGNATURE_WIDTH] for head in heads):
+        apart = [r for r, head in enumerate(heads) if not head[SIGNATURE_WIDTH]]
+        raise CollectiveError(
+            f"all_gather: ranks {apart} (this is rank {_rank(group)}) passed sync_grads=True or tensors on "
+            "more than one device, the other ranks did not: every rank must call all_gather the same way."
+        )
+    return unpack_header(gathered, raw, tensors) if inline else None
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -236,10 +278,11 @@ def all_gather(
     Each tensor of shape ``S`` comes back as one tensor of shape ``(world_size, *S)`` (rank order);
     Python numbers are turned into tensors first. In a single process (no process group) the
     data is returned as is, without the leading dimension, as LightningLite does.
-    Shapes and dtypes must agree across ranks: one small tensor collective compares them first
-    and, if they differ, every rank raises :class:`CollectiveError` listing each rank's shapes
-    (use :func:`all_gather_uneven`). ``same_shapes=True`` skips that comparison (raw torch's cost)
-    when the caller knows they agree; a mismatch is then caught by the watchdog instead.
+    Shapes and dtypes must agree across ranks: every rank first gathers a fixed 1 KiB header with
+    its shapes' signature and, if they differ, every rank raises :class:`CollectiveError` listing
+    each rank's shapes (use :func:`all_gather_uneven`). Small tensors (about 880 bytes together)
+    travel inside that header: one collective in all. ``same_shapes=True`` skips the check (raw
+    torch's cost) when the caller knows they agree; a mismatch is then caught by the watchdog.
     With ``sync_grads=True`` the result stays in the autograd graph and the backward pass sums
     every rank's gradient for this rank's tensor.
 
@@ -255,13 +298,10 @@ def all_gather(
     watch = _begin("all_gather", tensors, group)
     try:
         if not same_shapes:
-            _check_same_metadata(
-                "all_gather",
-                tensors,
-                group,
-                watch,
-                hint="Use all_gather_uneven(tensor) to gather tensors whose shapes differ across ranks.",
-            )
+            inlined = _gather_checked(tensors, group, watch, inline=not sync_grads)
+            if inlined is not None:
+                results = iter(inlined)
+                return inlined[0] if single else tree_map_only(torch.Tensor, lambda _: next(results), data)
 
         def gather(tensor: torch.Tensor) -> torch.Tensor:
             if sync_grads:
