@@ -198,17 +198,74 @@ def deepspeed(session: nox.Session) -> None:
     backend_tests(session, "deepspeed", "deepspeed==0.19.8", install_args=("--no-build-isolation",))
 
 
+def ci_sessions() -> list[str]:
+    """Every session CI runs, the longest first (so two lanes end at about the same time)."""
+    backends = [b for b in BACKENDS if b != "xla"]  # xla needs torch 2.9 + torch_xla: several GB, opt-in
+    return [
+        "integration",
+        "tests(package='lite-facade')",
+        "tests(package='lite-strategies')",
+        *backends,
+        "docs",
+        "tests(package='lite-collectives')",
+        "tests(package='lite-data')",
+        "tests(package='lite-precision')",
+        "tests(package='lite-devices')",
+        "lint",
+    ]
+
+
 @nox.session(python=False)
 def ci(session: nox.Session) -> None:
-    """What CI runs: lint, every package alone, the integration matrix, the backends, the docs."""
-    session.notify("lint")
-    for package in PACKAGES:
-        session.notify(f"tests(package='{package}')")
-    session.notify("integration")
-    for backend in BACKENDS:
-        if backend != "xla":  # needs torch 2.9 + torch_xla: several GB, opt-in
-            session.notify(backend)
-    session.notify("docs")
+    """What CI runs: lint, every package alone, the integration matrix, the backends, the docs.
+
+    The sessions run as separate nox processes, ``LITE_CI_JOBS`` at a time (default 2: most of a
+    session's time is spent waiting on its own subprocesses, so two lanes share two cores well).
+    Each writes its log to ``.nox/_ci_logs/``; a failed session's log is printed whole, and every
+    session runs even after one fails, so one run shows every failure. ``LITE_CI_JOBS=1`` runs
+    them one after another.
+    """
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = max(1, int(os.environ.get("LITE_CI_JOBS", "2")))
+    logs = ROOT / ".nox" / "_ci_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+
+    def run(name: str) -> tuple[str, int, float, Path]:
+        log = logs / (re.sub(r"[^\w.-]+", "_", name).strip("_") + ".log")
+        began = time.monotonic()
+        with log.open("w") as out:
+            code = subprocess.call(
+                [sys.executable, "-m", "nox", "--no-color", "-f", str(ROOT / "noxfile.py"), "-s", name],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        took = time.monotonic() - began
+        at = time.monotonic() - start
+        print(
+            f"[ci {at / 60:5.1f} min] {name}: {'ok' if code == 0 else f'FAILED ({code})'} in {took:.0f} s",
+            flush=True,
+        )
+        return name, code, took, log
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        # LITE_CI_SESSIONS="lint;docs" runs only those, the same way (to try one lane locally).
+        chosen = [n.strip() for n in os.environ.get("LITE_CI_SESSIONS", "").split(";") if n.strip()]
+        results = list(pool.map(run, chosen or ci_sessions()))
+    failed = [(name, log) for name, code, _, log in results if code != 0]
+    for name, log in failed:
+        print(f"\n===== {name} failed; its log ({log}) =====\n{log.read_text()}", flush=True)
+    total = time.monotonic() - start
+    print(
+        f"ci: {len(results) - len(failed)} of {len(results)} sessions passed in {total / 60:.1f} min ({jobs} lanes)"
+    )
+    if failed:
+        session.error(f"failed: {', '.join(name for name, _ in failed)}")
 
 
 @nox.session(python=PYTHON)
