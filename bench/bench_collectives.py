@@ -2,7 +2,7 @@
 
     python bench/bench_collectives.py [--rounds 15] [--calls 100] [--json out.json]
 
-Both processes run every variant in turn within each round (raw, lite, ... then the next round
+Both processes run every variant in turn, call by call (raw, lite, ..., raw, lite, ...; each round
 starts with the next variant), ``--calls`` calls per variant per round, and the figure is the
 median over rounds of the mean time per call on rank 0. Small tensors (4 floats), where the
 per-call overhead shows most. Variants:
@@ -89,15 +89,20 @@ def _rank(rank: int, world: int, port: int, rounds: int, calls: int, queue: Any)
             for _ in range(20):
                 fn()
         samples: dict[str, list[float]] = {name: [] for name in names}
+        clock = time.perf_counter
         for r in range(rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                fn = variants[name]
-                dist.barrier()  # both ranks start the variant together
-                start = time.perf_counter()
-                for _ in range(calls):
+            # Variants take turns call by call (the order rotating each round), so a change in
+            # the machine's load during a round weighs on every variant alike.
+            order = [variants[name] for name in names[r % len(names) :] + names[: r % len(names)]]
+            spent = [0.0] * len(order)
+            dist.barrier()  # both ranks start the round together
+            for _ in range(calls):
+                for i, fn in enumerate(order):
+                    start = clock()
                     fn()
-                samples[name].append((time.perf_counter() - start) / calls * 1e6)
+                    spent[i] += clock() - start
+            for name, total in zip(names[r % len(names) :] + names[: r % len(names)], spent):
+                samples[name].append(total / calls * 1e6)
         results[op] = {name: statistics.median(values) for name, values in samples.items()}
     if rank == 0:
         queue.put(results)
