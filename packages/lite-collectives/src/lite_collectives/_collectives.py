@@ -2,7 +2,8 @@
 
 Every function is the identity (or a no-op) when no process group is running, so call sites
 stay free of branches. Inputs are never mutated. A collective that not every rank reaches
-raises :class:`CollectiveTimeoutError` when the process group's timeout runs out.
+raises [`CollectiveTimeoutError`][lite_collectives.CollectiveTimeoutError] when the process
+group's timeout runs out.
 """
 
 from __future__ import annotations
@@ -279,15 +280,18 @@ def all_gather(
     Python numbers are turned into tensors first. In a single process (no process group) the
     data is returned as is, without the leading dimension, as LightningLite does.
     Shapes and dtypes must agree across ranks: every rank first gathers a fixed 1 KiB header with
-    its shapes' signature and, if they differ, every rank raises :class:`CollectiveError` listing
-    each rank's shapes (use :func:`all_gather_uneven`). Small tensors (about 880 bytes together)
-    travel inside that header: one collective in all. ``same_shapes=True`` skips the check (raw
-    torch's cost) when the caller knows they agree; a mismatch is then caught by the watchdog.
+    its shapes' signature and, if they differ, every rank raises
+    [`CollectiveError`][lite_collectives.CollectiveError] listing each rank's shapes (use
+    [`all_gather_uneven`][lite_collectives.all_gather_uneven]). Small tensors (about 880 bytes
+    together) travel inside that header: one collective in all. ``same_shapes=True`` skips the
+    check (raw torch's cost) when the caller knows they agree; a mismatch is then caught by the
+    watchdog.
     With ``sync_grads=True`` the result stays in the autograd graph and the backward pass sums
     every rank's gradient for this rank's tensor.
 
-    >>> all_gather({"loss": torch.tensor(1.0)})  # single process: unchanged
-    {'loss': tensor(1.)}
+    Examples:
+        >>> all_gather({"loss": torch.tensor(1.0)})  # single process: unchanged
+        {'loss': tensor(1.)}
     """
     if not is_initialized():
         return _numbers_to_tensors(data, torch.device("cpu"))
@@ -325,8 +329,9 @@ def all_gather_uneven(tensor: torch.Tensor, group: Any | None = None) -> list[to
     largest size is gathered, trimmed and reshaped to its rank's shape. Dtypes must agree.
     In a single process: ``[tensor]``.
 
-    >>> all_gather_uneven(torch.arange(3))
-    [tensor([0, 1, 2])]
+    Examples:
+        >>> all_gather_uneven(torch.arange(3))
+        [tensor([0, 1, 2])]
     """
     if not isinstance(tensor, torch.Tensor):
         raise CollectiveError(f"all_gather_uneven takes one tensor, got {type(tensor).__name__}.")
@@ -384,11 +389,12 @@ def all_reduce(data: Any, op: Any = "sum", group: Any | None = None) -> Any:
     tensors is returned as floating point. Results are new tensors, detached from autograd.
     Python numbers are turned into tensors. In a single process the data is returned as is.
     With ``LITE_COLLECTIVES_DEBUG=1`` every rank's shapes are compared first, and a mismatch
-    raises :class:`CollectiveError` listing them; without it, the watchdog reports a mismatch
-    that makes the backend wait.
+    raises [`CollectiveError`][lite_collectives.CollectiveError] listing them; without it, the
+    watchdog reports a mismatch that makes the backend wait.
 
-    >>> all_reduce(torch.tensor([1.0, 2.0]), op="mean")  # single process: unchanged
-    tensor([1., 2.])
+    Examples:
+        >>> all_reduce(torch.tensor([1.0, 2.0]), op="mean")  # single process: unchanged
+        tensor([1., 2.])
     """
     name = _resolve_op(op)
     if not is_initialized():
@@ -425,7 +431,8 @@ def barrier(group: Any | None = None, timeout: timedelta | float | None = None) 
 
     ``timeout`` (a timedelta or seconds) bounds this wait on gloo, via a monitored barrier that
     names the ranks which did not arrive; otherwise the process group's timeout applies. Either
-    way a barrier that not every rank reaches raises :class:`CollectiveTimeoutError`.
+    way a barrier that not every rank reaches raises
+    [`CollectiveTimeoutError`][lite_collectives.CollectiveTimeoutError].
     """
     limit = as_timeout(timeout, "barrier timeout") if timeout is not None else None
     if not is_initialized():

@@ -35,7 +35,7 @@ SIGNATURE_WIDTH = 16
 
 
 def dtype_code(dtype: torch.dtype) -> int:
-    """A small integer for ``dtype`` (the same on every rank); -1 for one outside :data:`DTYPES`."""
+    """A small integer for ``dtype`` (the same on every rank); -1 for one outside `DTYPES`."""
     return _CODES.get(dtype, -1)
 
 
@@ -54,7 +54,7 @@ def encode_meta(tensors: list[torch.Tensor]) -> list[int]:
 
 
 def decode_meta(encoding: list[int]) -> list[tuple[tuple[int, ...], str]]:
-    """The inverse of :func:`encode_meta`: ``[(shape, dtype name), ...]``."""
+    """The inverse of `encode_meta`: ``[(shape, dtype name), ...]``."""
     count, pos, out = encoding[0], 1, []
     for _ in range(count):
         code, ndim = encoding[pos], encoding[pos + 1]
@@ -114,7 +114,7 @@ def build_header(
 ) -> torch.Tensor:
     """This rank's header on ``device``: signature, flag, and with ``inline`` the tensors' bytes.
 
-    With ``inline`` the tensors must be on ``device`` and pass :func:`fits_header`.
+    With ``inline`` the tensors must be on ``device`` and pass `fits_header`.
     """
     buf = bytearray(HEADER_BYTES)
     struct.pack_into(_HEAD_FORMAT, buf, 0, *signature(encoding), int(inline))
@@ -141,7 +141,7 @@ def build_header(
 def read_heads(gathered: torch.Tensor) -> tuple[list[tuple[int, ...]], bytes | None]:
     """Every rank's ``(*signature, flag)`` out of the gathered headers (``world_size * HEADER_BYTES``).
 
-    Also the gathered bytes themselves when they are in host memory (for :func:`unpack_header`).
+    Also the gathered bytes themselves when they are in host memory (for `unpack_header`).
     """
     size = gathered.numel() // HEADER_BYTES
     if gathered.device.type == "cpu":
