@@ -24,7 +24,7 @@ log = logging.getLogger("lite")
 
 
 def get_rank() -> int:
-    """The global rank the rank-zero helpers use: the one set by :func:`set_rank`, else the environment's."""
+    """The global rank the rank-zero helpers use: the one set by `set_rank`, else the environment's."""
     if _rank is not None:
         return _rank
     for name in _RANK_VARIABLES:
