@@ -8,12 +8,19 @@ next to inline code, a reST literal-block marker leaves ``::`` at the end of a p
 a doctest outside an ``Examples:`` section becomes nested block quotes, and an example
 without a fence reads as one paragraph. This looks for each
 of them in every HTML page of SITE_DIR, outside code blocks, and prints the file and a snippet
-of every one it finds. Exit status: 0 when none is found, 1 otherwise, 2 on bad usage.
+of every one it finds.
+
+It also checks that each page ``reference/<package>/`` documents exactly the package's
+``__all__``: the pages list their names by hand, in an order meant for readers, so a name
+added to or dropped from ``__all__`` must show up here (this needs the packages importable).
+
+Exit status: 0 when nothing is found, 1 otherwise, 2 on bad usage.
 """
 
 from __future__ import annotations
 
 import html
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -69,6 +76,27 @@ def problems(page: str) -> list[tuple[str, str]]:
     return found
 
 
+# the heading mkdocstrings gives each documented object: its dotted path as the anchor
+HEADING_ID = re.compile(r'<h\d id="([\w.]+)" class="doc doc-heading"')
+
+
+def reference_problems(package: str, page: str) -> list[str]:
+    """How the objects documented at the top of ``package``'s reference page differ from its ``__all__``."""
+    try:
+        public = set(importlib.import_module(package).__all__)
+    except ImportError as error:
+        return [f"cannot import {package} to compare the page with its __all__: {error}"]
+    prefix = package + "."
+    shown = {
+        name[len(prefix) :]
+        for name in HEADING_ID.findall(page)
+        if name.startswith(prefix) and "." not in name[len(prefix) :]
+    }
+    found = [f"{name} is in {package}.__all__ but not on the page" for name in sorted(public - shown)]
+    found += [f"{name} is on the page but not in {package}.__all__" for name in sorted(shown - public)]
+    return found
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not Path(argv[0]).is_dir():
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
@@ -80,10 +108,14 @@ def main(argv: list[str]) -> int:
         for kind, snippet in problems(path.read_text(encoding="utf-8")):
             count += 1
             print(f"{path.relative_to(site)}: {kind}: ...{snippet}...")
+    for page in sorted((site / "reference").glob("*/index.html")):
+        for problem in reference_problems(page.parent.name, page.read_text(encoding="utf-8")):
+            count += 1
+            print(f"{page.relative_to(site)}: {problem}")
     if count:
-        print(f"{count} piece(s) of raw reST markup in {site}", file=sys.stderr)
+        print(f"{count} problem(s) in {site}", file=sys.stderr)
         return 1
-    print(f"no raw reST markup in the {len(pages)} pages of {site}")
+    print(f"no raw reST markup in the {len(pages)} pages of {site}; the reference pages match __all__")
     return 0
 
 
