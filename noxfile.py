@@ -213,7 +213,7 @@ def ci(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Build the documentation with warnings as errors, then run every python block of its pages."""
+    """Build the documentation with warnings as errors, check the API reference rendered, run every python block."""
     # ruff formats the signatures in the API reference.
     install_wheels(
         session, closure("lite-facade"), "numpy", "mkdocs", "mkdocs-material", "mkdocstrings[python]", "ruff"
@@ -229,6 +229,8 @@ def docs(session: nox.Session) -> None:
         str(site),
         env={"NO_MKDOCS_2_WARNING": "1"},
     )
+    # reST in a docstring (a Sphinx role, an `Example::` block) builds without a warning: look for it
+    session.run("python", str(ROOT / "docs" / "check_rendered.py"), str(site))
     # Blocks that spawn processes re-import torch there: let Python keep the bytecode it compiles.
     session.run(
         "python",
