@@ -122,6 +122,12 @@ def tests(session: nox.Session, package: str) -> None:
     # A backend's own tests run in its session (see `backend_tests`), not twice.
     skip_backends = [f"--ignore-glob=*/test_{backend}_*.py" for backend in BACKENDS]
     session.run("pytest", str(tests_dir), *skip_backends, *session.posargs, env=env)
+    # The docstrings' examples, run against the installed wheel (--pyargs imports the package
+    # from the session's site-packages, not from src/). Collection imports every module, the
+    # optional backends' too: none may import its backend at the top, so they import here.
+    # Without lite-testing's guards: an example may set the variables seed_everything sets.
+    module = package.replace("-", "_")
+    session.run("pytest", "--doctest-modules", "--pyargs", module, "-p", "no:lite_testing", env=env)
     readme_example = tests_dir / "readme_example.py"
     if readme_example.exists():
         # The README's stand-alone example, under a real launcher with two processes.

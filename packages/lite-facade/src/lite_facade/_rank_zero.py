@@ -41,7 +41,15 @@ def set_rank(rank: int | None) -> None:
 
 
 def rank_zero_only(fn: _F) -> _F:
-    """Decorate ``fn`` so that it runs on global rank 0 only; elsewhere the call does nothing and returns None."""
+    """Decorate ``fn`` so that it runs on global rank 0 only; elsewhere the call does nothing and returns None.
+
+    Examples:
+        >>> @rank_zero_only
+        ... def report(loss):
+        ...     return f"loss {loss:.2f}"
+        >>> report(0.25)  # a single process is rank 0
+        'loss 0.25'
+    """
 
     @functools.wraps(fn)
     def on_rank_zero(*args: Any, **kwargs: Any) -> Any:

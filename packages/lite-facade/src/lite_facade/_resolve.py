@@ -48,7 +48,18 @@ def resolve_plan(
     tpu_cores: Any = None,
     inventory: Inventory,
 ) -> Plan:
-    """Resolve the flags into a [`Plan`][lite_facade.Plan]; raise [`LiteConfigurationError`][lite_facade.LiteConfigurationError] listing every problem."""
+    """Resolve the flags into a [`Plan`][lite_facade.Plan]; raise [`LiteConfigurationError`][lite_facade.LiteConfigurationError] listing every problem.
+
+    Examples:
+        Two CPU processes in bf16 on a described machine (``Inventory.detect()`` describes this one):
+
+        >>> from lite_collectives import LightningEnvironment
+        >>> from lite_facade import Inventory, resolve_plan
+        >>> machine = Inventory(device_counts={"cpu": 1}, installed=frozenset(), environment=LightningEnvironment())
+        >>> plan = resolve_plan(accelerator="cpu", devices=2, precision="bf16", inventory=machine)
+        >>> plan.strategy, plan.precision, plan.world_size
+        ('ddp_spawn', 'bf16-mixed', 2)
+    """
     given = dict(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
                  precision=precision, plugins=plugins, gpus=gpus, tpu_cores=tpu_cores)  # fmt: skip
     problems: list[str] = []
