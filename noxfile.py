@@ -122,6 +122,12 @@ def tests(session: nox.Session, package: str) -> None:
     # A backend's own tests run in its session (see `backend_tests`), not twice.
     skip_backends = [f"--ignore-glob=*/test_{backend}_*.py" for backend in BACKENDS]
     session.run("pytest", str(tests_dir), *skip_backends, *session.posargs, env=env)
+    # The docstrings' examples, run against the installed wheel (--pyargs imports the package
+    # from the session's site-packages, not from src/). Collection imports every module, the
+    # optional backends' too: none may import its backend at the top, so they import here.
+    # Without lite-testing's guards: an example may set the variables seed_everything sets.
+    module = package.replace("-", "_")
+    session.run("pytest", "--doctest-modules", "--pyargs", module, "-p", "no:lite_testing", env=env)
     readme_example = tests_dir / "readme_example.py"
     if readme_example.exists():
         # The README's stand-alone example, under a real launcher with two processes.
@@ -270,7 +276,7 @@ def ci(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Build the documentation with warnings as errors, then run every python block of its pages."""
+    """Build the documentation with warnings as errors, check the API reference rendered, run every python block."""
     # ruff formats the signatures in the API reference.
     install_wheels(
         session, closure("lite-facade"), "numpy", "mkdocs", "mkdocs-material", "mkdocstrings[python]", "ruff"
@@ -286,6 +292,8 @@ def docs(session: nox.Session) -> None:
         str(site),
         env={"NO_MKDOCS_2_WARNING": "1"},
     )
+    # reST in a docstring (a Sphinx role, an `Example::` block) builds without a warning: look for it
+    session.run("python", str(ROOT / "docs" / "check_rendered.py"), str(site))
     # Blocks that spawn processes re-import torch there: let Python keep the bytecode it compiles.
     session.run(
         "python",

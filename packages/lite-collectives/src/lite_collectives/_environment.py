@@ -55,12 +55,15 @@ def check_rank(rank: int) -> int:
 class ClusterEnvironment(abc.ABC):
     """Where this process sits in a distributed job, read from a cluster's variables.
 
-    A subclass must say where the processes meet (:attr:`main_address`, :attr:`main_port`)
-    and how many there are (:meth:`world_size`). Everything else defaults from the standard
+    A subclass must say where the processes meet ([`main_address`][lite_collectives.ClusterEnvironment.main_address], [`main_port`][lite_collectives.ClusterEnvironment.main_port])
+    and how many there are ([`world_size`][lite_collectives.ClusterEnvironment.world_size]). Everything else defaults from the standard
     variables: ``RANK`` for the global rank, ``LOCAL_RANK``, ``NODE_RANK`` (or ``GROUP_RANK``),
     each ``0`` when unset; processes count as launched externally when ``LOCAL_RANK`` is set.
-    That is enough for the spec's custom cluster::
+    That is enough for the spec's custom cluster (see the example). Subclasses need not call
+    ``super().__init__()``.
 
+    Examples:
+        ```python
         class MyCluster(ClusterEnvironment):
             @property
             def main_address(self) -> str:
@@ -72,8 +75,7 @@ class ClusterEnvironment(abc.ABC):
 
             def world_size(self) -> int:
                 return 8
-
-    Subclasses need not call ``super().__init__()``.
+        ```
     """
 
     # Class-level defaults so that a subclass with its own __init__ still works.
@@ -93,7 +95,7 @@ class ClusterEnvironment(abc.ABC):
     @property
     @abc.abstractmethod
     def main_port(self) -> int:
-        """The TCP port on :attr:`main_address` where the rendezvous happens."""
+        """The TCP port on [`main_address`][lite_collectives.ClusterEnvironment.main_address] where the rendezvous happens."""
 
     @classmethod
     def detect(cls) -> bool:

@@ -409,14 +409,16 @@ ENVIRONMENTS: Mapping[str, type[ClusterEnvironment]] = MappingProxyType(
         "lightning": LightningEnvironment,
     }
 )
+"""Name -> cluster environment class, in the order [`detect_environment`][lite_collectives.detect_environment] tries them."""
 
 
 def detect_environment() -> ClusterEnvironment:
     """Return the environment this process runs under, checking torchelastic, slurm, lsf,
-    kubeflow and mpi in that order, else a :class:`LightningEnvironment`.
+    kubeflow and mpi in that order, else a [`LightningEnvironment`][lite_collectives.LightningEnvironment].
 
-    >>> type(detect_environment()).__name__  # doctest: +SKIP
-    'LightningEnvironment'
+    Examples:
+        >>> type(detect_environment()).__name__  # doctest: +SKIP
+        'LightningEnvironment'
     """
     for cls in ENVIRONMENTS.values():
         if cls.detect():

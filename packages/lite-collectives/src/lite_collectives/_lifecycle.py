@@ -47,8 +47,9 @@ _record: _GroupRecord | None = None
 def default_backend(device_type: str) -> str:
     """The backend for collectives on ``device_type``: gloo on cpu/mps, nccl on cuda, xla on xla.
 
-    >>> default_backend("cuda")
-    'nccl'
+    Examples:
+        >>> default_backend("cuda")
+        'nccl'
     """
     backend = _BACKENDS.get(str(device_type).lower())
     if backend is None:
@@ -90,22 +91,23 @@ def init_process_group(
     timeout: timedelta | float = DEFAULT_TIMEOUT,
     rendezvous_timeout: timedelta | float = DEFAULT_RENDEZVOUS_TIMEOUT,
 ) -> None:
-    """Join the default process group described by ``environment`` (default: :func:`detect_environment`).
+    """Join the default process group described by ``environment`` (default: [`detect_environment`][lite_collectives.detect_environment]).
 
     Sets ``MASTER_ADDR`` / ``MASTER_PORT`` from the environment (restored by
-    :func:`destroy_process_group`), picks the backend from ``device_type`` unless ``backend`` is
+    [`destroy_process_group`][lite_collectives.destroy_process_group]), picks the backend from ``device_type`` unless ``backend`` is
     given, and bounds every later collective by ``timeout`` (a timedelta or seconds; default
     30 minutes) and the rendezvous by ``min(timeout, rendezvous_timeout)`` (default 5 minutes).
     Rank 0 opens the rendezvous socket itself: on 127.0.0.1 only when the main address is a
     loopback one (a single-node run; gloo then also uses the loopback interface), else on the
     main address. A second call with the same settings does nothing; conflicting settings raise
-    :class:`CollectiveError`. A port already taken raises :class:`ClusterEnvironmentError`;
-    a rendezvous that not every process joins raises :class:`CollectiveTimeoutError` naming how
+    [`CollectiveError`][lite_collectives.CollectiveError]. A port already taken raises [`ClusterEnvironmentError`][lite_collectives.ClusterEnvironmentError];
+    a rendezvous that not every process joins raises [`CollectiveTimeoutError`][lite_collectives.CollectiveTimeoutError] naming how
     many ranks joined and which are missing.
 
-    >>> init_process_group()  # doctest: +SKIP
-    >>> world_size(), global_rank()  # doctest: +SKIP
-    (1, 0)
+    Examples:
+        >>> init_process_group()  # doctest: +SKIP
+        >>> world_size(), global_rank()  # doctest: +SKIP
+        (1, 0)
     """
     global _record
     if not dist.is_available():

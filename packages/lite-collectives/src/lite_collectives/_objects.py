@@ -31,8 +31,9 @@ def broadcast(obj: Any, src: int = 0, group: Any | None = None) -> Any:
     is pickled (by lite_collectives itself: numpy is not needed). Receivers may pass ``None``.
     The input is not mutated; ``src`` gets ``obj`` back. In a single process ``obj`` is returned as is.
 
-    >>> broadcast({"lr": 0.1})
-    {'lr': 0.1}
+    Examples:
+        >>> broadcast({"lr": 0.1})
+        {'lr': 0.1}
     """
     if not is_initialized():
         return obj
@@ -90,8 +91,9 @@ def gather_object(obj: Any, dst: int = 0, group: Any | None = None) -> list[Any]
 
     Objects are pickled by lite_collectives (no numpy). In a single process: ``[obj]``.
 
-    >>> gather_object("hello")
-    ['hello']
+    Examples:
+        >>> gather_object("hello")
+        ['hello']
     """
     if not is_initialized():
         return [obj]
@@ -121,8 +123,9 @@ def all_gather_object(obj: Any, group: Any | None = None) -> list[Any]:
     Objects are pickled by lite_collectives (no numpy): one size exchange, then one gather of
     the padded bytes.
 
-    >>> all_gather_object(3)
-    [3]
+    Examples:
+        >>> all_gather_object(3)
+        [3]
     """
     if not is_initialized():
         return [obj]

@@ -2,13 +2,13 @@
 
 Fast path: before a collective, this rank's position (a sequence number, the op, the tensors'
 shapes and dtypes, the caller's file:line) is written to memory, and the backend's work is
-waited on in slices of :data:`POLL_S`. Nothing else happens unless a wait lasts longer than
+waited on in slices of `POLL_S`. Nothing else happens unless a wait lasts longer than
 the threshold (``LITE_COLLECTIVES_WATCHDOG_S``, default 2 s). Then a background thread
 publishes this rank's position to the process group's store and reads the others', and:
 
 - ranks in different collectives (op, shapes, dtypes or sequence number differ): every waiting
-  rank raises :class:`CollectiveDivergenceError` with a table of each rank's position;
-- a rank whose process has exited: the waiting ranks raise :class:`ProcessGroupBrokenError`
+  rank raises [`CollectiveDivergenceError`][lite_collectives.CollectiveDivergenceError] with a table of each rank's position;
+- a rank whose process has exited: the waiting ranks raise [`ProcessGroupBrokenError`][lite_collectives.ProcessGroupBrokenError]
   naming it;
 - a rank alive but in no collective: after ``LITE_COLLECTIVES_IDLE_REPORT_S`` (default 60 s) each
   waiting rank prints one report of who waits where, and the wait goes on until the timeout.

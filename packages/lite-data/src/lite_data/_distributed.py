@@ -30,7 +30,7 @@ _SAMPLING_PARAMS = ("shuffle", "sampler", "batch_sampler")
 
 
 def has_iterable_dataset(dataloader: DataLoader[Any]) -> bool:
-    """Whether ``dataloader`` reads an :class:`~torch.utils.data.IterableDataset` (no sampler to replace)."""
+    """Whether ``dataloader`` reads an `IterableDataset` (no sampler to replace)."""
     return isinstance(getattr(dataloader, "dataset", None), IterableDataset)
 
 
@@ -121,7 +121,7 @@ def _constructor_call(
 ) -> tuple[list[Any], dict[str, Any]]:
     """Map ``kwargs`` onto the constructor of ``type(dataloader)``; fill its own parameters from attributes.
 
-    A loader created inside :func:`record_dataloader_arguments` is re-created from the
+    A loader created inside [`record_dataloader_arguments`][lite_data.record_dataloader_arguments] is re-created from the
     arguments it was called with, ``overrides`` (the sampling arguments) replaced.
     """
     cls = type(dataloader)
@@ -181,24 +181,24 @@ def distributed_dataloader(
     The copy is built with the same class and every argument read back from the instance
     (batch size, workers, collate_fn, pin_memory, generator, ...). Its sampler is:
 
-    - a :class:`~torch.utils.data.DistributedSampler` (shuffling with ``seed`` iff the
+    - a `DistributedSampler` (shuffling with ``seed`` iff the
       original shuffled) for DataLoader's own random or sequential sampler;
-    - a :class:`DistributedSamplerWrapper` around a custom sampler or custom batch sampler,
+    - a [`DistributedSamplerWrapper`][lite_data.DistributedSamplerWrapper] around a custom sampler or custom batch sampler,
       which must yield the same sequence on every rank.
 
     With ``even=False`` the shares are not padded to the same length (an
-    :class:`UnpaddedDistributedSampler`, or the wrapper with ``even=False``): every sample is on
+    [`UnpaddedDistributedSampler`][lite_data.UnpaddedDistributedSampler], or the wrapper with ``even=False``): every sample is on
     exactly one rank, for exact evaluation; the ranks' lengths then differ by at most one.
 
     ``seed`` (the shuffle's seed, the same on every rank) defaults to the one
-    :func:`seed_everything` set (``PL_GLOBAL_SEED``), else 0. A DataLoader subclass created
-    inside :func:`record_dataloader_arguments` is re-created from its constructor's arguments.
+    [`seed_everything`][lite_data.seed_everything] set (``PL_GLOBAL_SEED``), else 0. A DataLoader subclass created
+    inside [`record_dataloader_arguments`][lite_data.record_dataloader_arguments] is re-created from its constructor's arguments.
 
     A loader that already has a DistributedSampler, and one over an IterableDataset (with a
     warning: shard it yourself), are returned unchanged. After ``seed_everything(...,
     workers=True)`` a loader with workers and no ``worker_init_fn`` gets
-    :func:`worker_init_function` for this rank. Call ``sampler.set_epoch(epoch)`` each
-    epoch, or iterate through :class:`DeviceDataLoader`, which does.
+    [`worker_init_function`][lite_data.worker_init_function] for this rank. Call ``sampler.set_epoch(epoch)`` each
+    epoch, or iterate through [`DeviceDataLoader`][lite_data.DeviceDataLoader], which does.
 
     Raises:
         DataLoaderError: ``rank`` is not in ``[0, num_replicas)``, or a DataLoader subclass

@@ -14,5 +14,5 @@ class SeedError(ValueError):
 class UnsizedSamplerError(DataLoaderError, TypeError):
     """A sampler without ``__len__`` where one is needed to split it across ranks.
 
-    Both a :class:`DataLoaderError` and a ``TypeError`` (what LightningLite raises there).
+    Both a [`DataLoaderError`][lite_data.DataLoaderError] and a ``TypeError`` (what LightningLite raises there).
     """

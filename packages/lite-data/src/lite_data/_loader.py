@@ -34,10 +34,10 @@ class DeviceDataLoader:
     """Iterate ``dataloader`` with every batch moved to ``device`` (``None``: batches untouched).
 
     Each new iteration is a new epoch: it calls ``set_epoch(epoch)`` on the loader's
-    (batch) sampler where there is one, so a :class:`~torch.utils.data.DistributedSampler`
+    (batch) sampler where there is one, so a `DistributedSampler`
     reshuffles without the user calling it. ``len()`` is the original's, ``.dataloader``
-    is the original, and other attributes are read from it. :meth:`state_dict` and
-    :meth:`load_state_dict` resume a run mid-epoch with the very next batch.
+    is the original, and other attributes are read from it. [`state_dict`][lite_data.DeviceDataLoader.state_dict] and
+    [`load_state_dict`][lite_data.DeviceDataLoader.load_state_dict] resume a run mid-epoch with the very next batch.
 
     Examples:
         >>> loader = DeviceDataLoader(DataLoader(range(6), batch_size=2), device="cpu")
@@ -190,7 +190,7 @@ class DeviceDataLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict`: the next iteration is epoch ``state["epoch"]``, minus its consumed batches."""
+        """Resume from [`state_dict`][lite_data.DeviceDataLoader.state_dict]: the next iteration is epoch ``state["epoch"]``, minus its consumed batches."""
         missing = [key for key in _STATE_KEYS if key not in state]
         if missing:
             raise DataLoaderError(

@@ -2,7 +2,7 @@
 
 A DataLoader subclass may take arguments that it uses and does not store (``def __init__(self,
 root, ...)``); re-creating it with a distributed sampler then needs the arguments it was
-called with. :func:`record_dataloader_arguments` makes every DataLoader subclass created
+called with. [`record_dataloader_arguments`][lite_data.record_dataloader_arguments] makes every DataLoader subclass created
 inside its block remember them, and undoes every change when the block ends.
 """
 
@@ -36,7 +36,7 @@ def recorded_arguments(dataloader: DataLoader[Any]) -> tuple[tuple[Any, ...], di
 def record_dataloader_arguments() -> Iterator[None]:
     """Make the DataLoader subclasses created inside the block remember their constructor arguments.
 
-    :func:`distributed_dataloader` then re-creates such a loader from the arguments it was
+    [`distributed_dataloader`][lite_data.distributed_dataloader] then re-creates such a loader from the arguments it was
     called with, so a subclass whose ``__init__`` takes arguments it does not store as
     same-named attributes can still get a distributed sampler. Inside the block, the
     ``__init__`` of every DataLoader subclass that defines one (including classes defined in

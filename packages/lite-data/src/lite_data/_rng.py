@@ -49,7 +49,7 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore what :func:`rng_states` returned (a missing NumPy or CUDA part is left as it is)."""
+    """Restore what [`rng_states`][lite_data.rng_states] returned (a missing NumPy or CUDA part is left as it is)."""
     if not isinstance(states, dict) or "torch" not in states or "python" not in states:
         raise SeedError(
             f"set_rng_states: expected the dict that rng_states() returns (keys 'python', 'torch', ...), "

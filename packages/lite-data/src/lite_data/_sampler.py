@@ -46,11 +46,11 @@ class DistributedSamplerWrapper(DistributedSampler[Any]):
     """Give rank ``rank`` of ``num_replicas`` a disjoint share of what ``sampler`` yields.
 
     Each pass lists what ``sampler`` yields (indices, or index lists of a batch sampler)
-    and deals it out like :class:`torch.utils.data.DistributedSampler`: padded by
+    and deals it out like `torch.utils.data.DistributedSampler`: padded by
     repetition to a multiple of ``num_replicas`` (or cut with ``drop_last=True``),
     optionally shuffled with ``seed + epoch``; with ``even=False`` not padded (as
-    :class:`UnpaddedDistributedSampler`). ``sampler`` must have a length and yield the
-    same sequence on every rank (deterministic, or seeded alike). :meth:`set_epoch` is
+    [`UnpaddedDistributedSampler`][lite_data.UnpaddedDistributedSampler]). ``sampler`` must have a length and yield the
+    same sequence on every rank (deterministic, or seeded alike). [`set_epoch`][lite_data.DistributedSamplerWrapper.set_epoch] is
     passed on to ``sampler`` when it has one.
     """
 
@@ -113,7 +113,7 @@ def unpadded_indices(sampler: DistributedSampler[Any]) -> list[int]:
 
 
 class UnpaddedDistributedSampler(DistributedSampler[Any]):
-    """A :class:`~torch.utils.data.DistributedSampler` that neither pads nor cuts: for exact evaluation.
+    """A `DistributedSampler` that neither pads nor cuts: for exact evaluation.
 
     Rank ``r`` gets positions ``r, r + num_replicas, r + 2 * num_replicas, ...`` of the pass's
     order (the dataset's, or a permutation seeded with ``seed + epoch`` on every rank alike), so

@@ -74,15 +74,16 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
         seed: an integer in ``[0, 2**32 - 1]``. ``None`` reads ``PL_GLOBAL_SEED`` from the
             environment; when that is unset or invalid a random seed is chosen, with a warning.
         workers: also give every DataLoader worker of every rank its own reproducible stream:
-            :func:`distributed_dataloader` and :class:`DeviceDataLoader` then install
-            :func:`worker_init_function` on loaders that have no ``worker_init_fn``.
+            [`distributed_dataloader`][lite_data.distributed_dataloader] and [`DeviceDataLoader`][lite_data.DeviceDataLoader] then install
+            [`worker_init_function`][lite_data.worker_init_function] on loaders that have no ``worker_init_fn``.
 
     Sets ``PL_GLOBAL_SEED`` and ``PL_SEED_WORKERS`` so that processes started later agree
     (LightningLite uses the same names). An explicit seed that is not an integer in range
-    raises :class:`SeedError`.
+    raises [`SeedError`][lite_data.SeedError].
 
-    >>> seed_everything(42)
-    42
+    Examples:
+        >>> seed_everything(42)
+        42
     """
     value = _seed_from_env() if seed is None else _check_seed(seed)
     os.environ[SEED_ENV] = str(value)
@@ -98,7 +99,7 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
 def reset_seed() -> None:
     """Seed again with ``PL_GLOBAL_SEED`` and ``PL_SEED_WORKERS``; do nothing when no seed was set.
 
-    Useful in a process started after :func:`seed_everything` ran in its parent.
+    Useful in a process started after [`seed_everything`][lite_data.seed_everything] ran in its parent.
     """
     raw = os.environ.get(SEED_ENV)
     if raw is None:
@@ -107,7 +108,7 @@ def reset_seed() -> None:
 
 
 def seed_workers_requested() -> bool:
-    """Whether :func:`seed_everything` was called with ``workers=True`` (here or in a parent process)."""
+    """Whether [`seed_everything`][lite_data.seed_everything] was called with ``workers=True`` (here or in a parent process)."""
     return os.environ.get(WORKERS_ENV, "0") == "1"
 
 
@@ -133,7 +134,7 @@ def worker_init_function(worker_id: int, rank: int | None = None) -> None:
     Pass it as ``worker_init_fn`` (with ``functools.partial(worker_init_function, rank=r)``
     to name the rank; by default the process group's rank, else ``RANK``, else 0). The
     streams derive from the loader's base seed, so they are reproducible after
-    :func:`seed_everything`, and differ across ranks, which torch's default does not do.
+    [`seed_everything`][lite_data.seed_everything], and differ across ranks, which torch's default does not do.
     """
     if rank is None:
         rank = _current_rank()

@@ -36,9 +36,10 @@ def move_to_device(obj: T, device: torch.device | str | int, *, non_blocking: bo
     ``non_blocking`` is passed to tensors and modules only when the target is a CUDA device
     (elsewhere it would be ignored or be unsafe).
 
-    >>> batch = {"x": torch.zeros(2), "meta": ["id", 3]}
-    >>> move_to_device(batch, "cpu")["x"].device
-    device(type='cpu')
+    Examples:
+        >>> batch = {"x": torch.zeros(2), "meta": ["id", 3]}
+        >>> move_to_device(batch, "cpu")["x"].device
+        device(type='cpu')
     """
     target = device if isinstance(device, torch.device) else torch.device(device)
     if isinstance(obj, Tensor) and obj.device == target:

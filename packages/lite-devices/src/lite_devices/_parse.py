@@ -1,7 +1,7 @@
-"""Parsing ``devices`` / ``gpus`` / ``tpu_cores`` into a :class:`DeviceSelection`.
+"""Parsing ``devices`` / ``gpus`` / ``tpu_cores`` into a [`DeviceSelection`][lite_devices.DeviceSelection].
 
-:func:`select_indices` is the whole rule set as a pure function of the device count, so it
-is tested for cuda, mps and xla on a machine that has none of them; :func:`parse_devices`
+`select_indices` is the whole rule set as a pure function of the device count, so it
+is tested for cuda, mps and xla on a machine that has none of them; [`parse_devices`][lite_devices.parse_devices]
 adds the accelerator lookup and the availability check.
 """
 
@@ -115,8 +115,9 @@ def select_indices(
     Pure: nothing is probed. ``accelerator`` is a canonical name; ``asked`` is how the request
     is named in error messages (default: ``devices=..., accelerator=...``).
 
-    >>> select_indices("1, 3", "cuda", 4)
-    (1, 3)
+    Examples:
+        >>> select_indices("1, 3", "cuda", 4)
+        (1, 3)
     """
     asked = asked or f"devices={devices!r} with accelerator={accelerator!r}"
     value = normalize_devices(devices, asked)
@@ -201,7 +202,7 @@ def parse_devices(
             first n devices), -1 or '-1' (all devices), 'auto' (all available; cpu: 1),
             a list of distinct indices, or a string such as '2' or '1, 4'.
         accelerator: 'cpu', 'cuda'/'gpu', 'mps', 'xla'/'tpu' or 'auto' (case-insensitive),
-            or an :class:`AcceleratorSpec`.
+            or an [`AcceleratorSpec`][lite_devices.AcceleratorSpec].
         gpus: shorthand for ``devices=gpus, accelerator='cuda'``.
         tpu_cores: shorthand for ``devices=tpu_cores, accelerator='xla'``.
         device_counts: canonical name -> device count, to decide without probing the machine
@@ -211,8 +212,9 @@ def parse_devices(
         DeviceError: for an unknown or unavailable accelerator, and for any devices value
             that does not select at least one existing device exactly once.
 
-    >>> parse_devices(2, "cpu").devices
-    (device(type='cpu'), device(type='cpu'))
+    Examples:
+        >>> parse_devices(2, "cpu").devices
+        (device(type='cpu'), device(type='cpu'))
     """
     if device_counts is not None:
         _check_counts(device_counts)

@@ -68,7 +68,7 @@ def _has_google_pci_device() -> bool:
 class AcceleratorSpec:
     """One kind of accelerator: its names, its torch device type and how to count its devices.
 
-    Nothing is probed at construction; :meth:`is_available` and :meth:`device_count` ask the
+    Nothing is probed at construction; [`is_available`][lite_devices.AcceleratorSpec.is_available] and [`device_count`][lite_devices.AcceleratorSpec.device_count] ask the
     machine each time they are called.
     """
 
@@ -94,8 +94,9 @@ class AcceleratorSpec:
     def device(self, index: int = 0) -> torch.device:
         """The ``torch.device`` for device ``index`` (for ``cpu`` every index is the one CPU).
 
-        >>> ACCELERATORS["cuda"].device(1)
-        device(type='cuda', index=1)
+        Examples:
+            >>> ACCELERATORS["cuda"].device(1)
+            device(type='cuda', index=1)
         """
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise DeviceError(
@@ -106,7 +107,7 @@ class AcceleratorSpec:
         return torch.device(self.device_type, index)
 
     def unavailable_reason(self) -> str:
-        """Why :meth:`is_available` is false here, in words ('' when it is available)."""
+        """Why [`is_available`][lite_devices.AcceleratorSpec.is_available] is false here, in words ('' when it is available)."""
         if self.requires is not None and importlib.util.find_spec(self.requires) is None:
             return f"it needs the module {self.requires!r}, which is not installed"
         if self.device_count() > 0:
@@ -153,7 +154,7 @@ def lookup_accelerator(name: object) -> AcceleratorSpec | None:
 
 
 def auto_from_counts(counts: Callable[[str], int]) -> AcceleratorSpec:
-    """The first accelerator of :data:`AUTO_ORDER` that ``counts(name)`` says has a device."""
+    """The first accelerator of `AUTO_ORDER` that ``counts(name)`` says has a device."""
     for name in AUTO_ORDER[:-1]:
         if counts(name) > 0:
             return ACCELERATORS[name]
@@ -171,10 +172,11 @@ def auto_accelerator() -> AcceleratorSpec:
 def get_accelerator(name: str) -> AcceleratorSpec:
     """The spec named ``name`` (case-insensitive; ``gpu`` -> cuda, ``tpu`` -> xla, ``auto`` -> best here).
 
-    Does not check availability (see :meth:`AcceleratorSpec.is_available`).
+    Does not check availability (see [`AcceleratorSpec.is_available`][lite_devices.AcceleratorSpec.is_available]).
 
-    >>> get_accelerator("GPU").name
-    'cuda'
+    Examples:
+        >>> get_accelerator("GPU").name
+        'cuda'
     """
     spec = lookup_accelerator(name)
     return auto_accelerator() if spec is None else spec

@@ -1,13 +1,21 @@
-"""lite_facade: ``LightningLite``, a drop-in for ``pytorch_lightning.lite.LightningLite``.
+"""lite_facade: [`LightningLite`][lite_facade.LightningLite], a drop-in for ``pytorch_lightning.lite.LightningLite``.
 
-from lite_facade import LightningLite
+Subclass it, put the training loop in ``run``, and let ``setup`` prepare the model and optimizer
+for the strategy, devices and precision chosen at construction.
 
-class Lite(LightningLite):
-    def run(self):
-        model, optimizer = self.setup(model, optimizer)
-        ...
+Examples:
+    ```python
+    from lite_facade import LightningLite
 
-Lite(strategy="ddp", devices=2, accelerator="cpu").run()
+
+    class Lite(LightningLite):
+        def run(self, model, optimizer):
+            model, optimizer = self.setup(model, optimizer)
+            ...
+
+
+    Lite(strategy="ddp", devices=2, accelerator="cpu").run(model, optimizer)
+    ```
 """
 
 from lite_data import seed_everything

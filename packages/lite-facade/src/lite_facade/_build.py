@@ -1,4 +1,4 @@
-"""Build the strategy a :class:`~lite_facade._resolve.Plan` describes."""
+"""Build the strategy a [`Plan`][lite_facade.Plan] describes."""
 
 from __future__ import annotations
 

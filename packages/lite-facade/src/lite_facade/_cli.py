@@ -253,5 +253,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def main_exit() -> None:
-    """The console script: :func:`main`, its value as the exit status."""
+    """The console script: `main`, its value as the exit status."""
     sys.exit(main())

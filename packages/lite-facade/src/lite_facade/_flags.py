@@ -20,7 +20,7 @@ _PLUGIN_KINDS = {"cluster environment": ClusterEnvironment, "precision plugin": 
 
 @dataclass
 class Flags:
-    """The flags after :func:`normalize`: canonical values (a placeholder where a problem was recorded)."""
+    """The flags after `normalize`: canonical values (a placeholder where a problem was recorded)."""
 
     accelerator: str
     selection: DeviceSelection | None

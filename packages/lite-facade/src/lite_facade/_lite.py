@@ -69,8 +69,8 @@ class LightningLite(StepMethods, CollectiveMethods, LoggingMethods, CheckpointMe
         plugins: a cluster environment, a precision plugin or a checkpoint IO (one of each at most).
         gpus: shorthand for ``devices=gpus, accelerator="gpu"``.
         tpu_cores: shorthand for ``devices=tpu_cores, accelerator="tpu"``.
-        loggers: one logger or a list of them for :meth:`log` / :meth:`log_dict`
-            (:class:`~lite_facade.CSVLogger`, :class:`~lite_facade.TensorBoardLogger`, or any
+        loggers: one logger or a list of them for [`log`][lite_facade.LightningLite.log] / [`log_dict`][lite_facade.LightningLite.log_dict]
+            ([`CSVLogger`][lite_facade.CSVLogger], [`TensorBoardLogger`][lite_facade.TensorBoardLogger], or any
             object with ``log_metrics(metrics, step)``).
         timeout: how long a collective (and the start of the process group) may wait for the other
             processes, in seconds or as a ``timedelta``; ``None`` keeps the strategy's default of 30
@@ -311,11 +311,11 @@ class LightningLite(StepMethods, CollectiveMethods, LoggingMethods, CheckpointMe
         )
 
     def setup_module(self, model: _M, move_to_device: bool = True) -> _M:
-        """Set a model up alone (its optimizers, if any, later with :meth:`setup_optimizers`).
+        """Set a model up alone (its optimizers, if any, later with [`setup_optimizers`][lite_facade.LightningLite.setup_optimizers]).
 
         Returns the wrapped model, as ``setup(model)`` does. With ``fsdp`` create the optimizers
         from the *returned* model's parameters (sharding replaces them), then call
-        :meth:`setup_optimizers`. ``deepspeed`` and ``ddp_sharded`` set a model up together with
+        [`setup_optimizers`][lite_facade.LightningLite.setup_optimizers]. ``deepspeed`` and ``ddp_sharded`` set a model up together with
         its optimizer: use ``setup(model, optimizer)`` there.
         """
         check_setup_arguments(model, ())
@@ -337,7 +337,7 @@ class LightningLite(StepMethods, CollectiveMethods, LoggingMethods, CheckpointMe
     ) -> tuple[Any, ...]: ...
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
-        """Set optimizers up for the strategy and the precision (after :meth:`setup_module`).
+        """Set optimizers up for the strategy and the precision (after [`setup_module`][lite_facade.LightningLite.setup_module]).
 
         Returns the wrapped optimizer for one argument, else a tuple in the same order. Each
         behaves like its original (reachable as ``.optimizer``) and steps through the strategy
@@ -368,7 +368,7 @@ class LightningLite(StepMethods, CollectiveMethods, LoggingMethods, CheckpointMe
         """Create models inside this block: on this process's device and in the precision's dtype.
 
         With ``fsdp`` the parameters are created on the meta device (no memory, no init) and
-        materialised on the device at :meth:`setup` / :meth:`setup_module`, shard by shard, by
+        materialised on the device at [`setup`][lite_facade.LightningLite.setup] / [`setup_module`][lite_facade.LightningLite.setup_module], shard by shard, by
         each submodule's ``reset_parameters()``. ``empty_init=True`` with other strategies skips
         the weights' initialisation (``torch.nn.init``) to save time, for a model whose weights
         you load from a checkpoint next; ``empty_init=False`` with ``fsdp`` creates the whole
@@ -421,7 +421,7 @@ class LightningLite(StepMethods, CollectiveMethods, LoggingMethods, CheckpointMe
         Returns one loader for one argument, else a list in the same order. ``even=False`` gives
         each process a disjoint share with no padding (7 samples on 2 processes: 4 and 3, where
         the default pads to 4 and 4 by repeating one): for exact evaluation with
-        :meth:`gather_for_metrics`. Do not train on it: the processes would take different numbers
+        [`gather_for_metrics`][lite_facade.LightningLite.gather_for_metrics]. Do not train on it: the processes would take different numbers
         of steps and DDP's gradient synchronization would wait for the missing one.
         """
         if not dataloaders:

@@ -13,7 +13,7 @@ from lite_strategies import map_state, state_leaves
 
 
 class CheckpointMethods(LiteParts):
-    """Checkpoints of :class:`~lite_facade.LightningLite` (a part of it, kept in its own module)."""
+    """Checkpoints of [`LightningLite`][lite_facade.LightningLite] (a part of it, kept in its own module)."""
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
@@ -26,7 +26,7 @@ class CheckpointMethods(LiteParts):
         ``lite-strategies[fsspec]``). ``include_rng=True`` adds every rank's random number
         generator states (Python, NumPy if installed, torch CPU and CUDA) under the key
         ``"lite_rng_states"`` (a list indexed by global rank) of the dict ``content``, so that a
-        resume with :meth:`load` continues the same random streams. It is off by default, so a
+        resume with [`load`][lite_facade.LightningLite.load] continues the same random streams. It is off by default, so a
         file holds exactly what you passed (e.g. a ``state_dict`` that ``torch.load`` users read).
         """
         _check_save_order(content, filepath)

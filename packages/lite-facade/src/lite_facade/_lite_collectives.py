@@ -13,7 +13,7 @@ from lite_facade._lite_parts import LiteParts
 
 
 class CollectiveMethods(LiteParts):
-    """The collectives of :class:`~lite_facade.LightningLite` (a part of it, kept in its own module)."""
+    """The collectives of [`LightningLite`][lite_facade.LightningLite] (a part of it, kept in its own module)."""
 
     # -- collectives ---------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from lite_facade._logging import progress_bar
 
 
 class LoggingMethods(LiteParts):
-    """Logging and progress of :class:`~lite_facade.LightningLite` (a part of it, kept in its own module)."""
+    """Logging and progress of [`LightningLite`][lite_facade.LightningLite] (a part of it, kept in its own module)."""
 
     if TYPE_CHECKING:  # provided by LightningLite
         _loggers: list[Any]
@@ -34,12 +34,12 @@ class LoggingMethods(LiteParts):
         """Log one value (a number or a one-element tensor) to every logger, on global rank 0.
 
         With ``reduce`` (``"mean"``, ``"sum"``, ``"max"``, ``"min"``) the value is reduced over every
-        process first: then every process must call it, as for :meth:`all_reduce`.
+        process first: then every process must call it, as for [`all_reduce`][lite_facade.LightningLite.all_reduce].
         """
         self.log_dict({name: value}, step=step, reduce=reduce)
 
     def log_dict(self, metrics: dict[str, Any], step: int | None = None, reduce: str | None = None) -> None:
-        """Log several values at once (see :meth:`log`); tensors become Python numbers."""
+        """Log several values at once (see [`log`][lite_facade.LightningLite.log]); tensors become Python numbers."""
         if not isinstance(metrics, dict):
             raise TypeError(f"log_dict() takes a dict of name -> value, got {type(metrics).__name__}")
         if reduce is not None:

@@ -1,4 +1,4 @@
-"""What the parts of :class:`~lite_facade.LightningLite` (its mixins) read of the whole, for the type checker."""
+"""What the parts of [`LightningLite`][lite_facade.LightningLite] (its mixins) read of the whole, for the type checker."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class StepMethods:
-    """The training-step methods of :class:`~lite_facade.LightningLite` (a part of it, kept in its own module)."""
+    """The training-step methods of [`LightningLite`][lite_facade.LightningLite] (a part of it, kept in its own module)."""
 
     if TYPE_CHECKING:  # provided by LightningLite
         _strategy: Strategy

@@ -1,7 +1,7 @@
 """Loggers for ``LightningLite(loggers=...)`` / ``self.log``, and the rank-zero progress bar.
 
-- :class:`CSVLogger` (built in): one ``metrics.csv`` with a ``step`` column and a column per name.
-- :class:`TensorBoardLogger`: event files for TensorBoard; needs ``pip install 'lite-facade[tensorboard]'``.
+- [`CSVLogger`][lite_facade.CSVLogger] (built in): one ``metrics.csv`` with a ``step`` column and a column per name.
+- [`TensorBoardLogger`][lite_facade.TensorBoardLogger]: event files for TensorBoard; needs ``pip install 'lite-facade[tensorboard]'``.
 - Anything with ``log_metrics(metrics, step)`` (and optionally ``finalize()``) is a logger too.
 
 Loggers are written to on global rank 0 only; ``LightningLite.log`` does the rest (tensors to
@@ -145,7 +145,7 @@ class TensorBoardLogger:
 class PlainProgress(Generic[_T]):
     """The iterable itself, with the calls a tqdm bar takes (``set_postfix``, ...) doing nothing.
 
-    What :meth:`LightningLite.progress` returns off rank 0, or when tqdm is not installed, so
+    What [`LightningLite.progress`][lite_facade.LightningLite.progress] returns off rank 0, or when tqdm is not installed, so
     the same loop runs everywhere.
     """
 
@@ -172,7 +172,7 @@ class PlainProgress(Generic[_T]):
 
 
 def progress_bar(iterable: Iterable[_T], show: bool, desc: str | None = None, **kwargs: Any) -> Any:
-    """A tqdm bar over ``iterable`` when ``show`` and tqdm is installed, else a :class:`PlainProgress`."""
+    """A tqdm bar over ``iterable`` when ``show`` and tqdm is installed, else a [`PlainProgress`][lite_facade.PlainProgress]."""
     if show:
         try:
             from tqdm import tqdm

@@ -1,4 +1,4 @@
-"""What the resolver reads (:class:`Inventory`) and what it returns (:class:`Plan`)."""
+"""What the resolver reads ([`Inventory`][lite_facade.Inventory]) and what it returns ([`Plan`][lite_facade.Plan])."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class LiteConfigurationError(ValueError):
 
 @dataclass(frozen=True)
 class Inventory:
-    """What the resolver may know about the machine and the process, gathered once by :meth:`detect`.
+    """What the resolver may know about the machine and the process, gathered once by [`detect`][lite_facade.Inventory.detect].
 
     Attributes:
         device_counts: canonical accelerator name -> how many devices of it this machine has.
@@ -48,6 +48,7 @@ class Inventory:
 
     @classmethod
     def detect(cls) -> Inventory:
+        """Look at this machine and process now: devices, installed backends, cluster environment."""
         main = sys.modules.get("__main__")
         types = {ACCELERATORS[name].device_type for name in available_accelerators()}
         reasons = {

@@ -24,7 +24,7 @@ log = logging.getLogger("lite")
 
 
 def get_rank() -> int:
-    """The global rank the rank-zero helpers use: the one set by :func:`set_rank`, else the environment's."""
+    """The global rank the rank-zero helpers use: the one set by `set_rank`, else the environment's."""
     if _rank is not None:
         return _rank
     for name in _RANK_VARIABLES:
@@ -41,7 +41,15 @@ def set_rank(rank: int | None) -> None:
 
 
 def rank_zero_only(fn: _F) -> _F:
-    """Decorate ``fn`` so that it runs on global rank 0 only; elsewhere the call does nothing and returns None."""
+    """Decorate ``fn`` so that it runs on global rank 0 only; elsewhere the call does nothing and returns None.
+
+    Examples:
+        >>> @rank_zero_only
+        ... def report(loss):
+        ...     return f"loss {loss:.2f}"
+        >>> report(0.25)  # a single process is rank 0
+        'loss 0.25'
+    """
 
     @functools.wraps(fn)
     def on_rank_zero(*args: Any, **kwargs: Any) -> Any:

@@ -1,8 +1,8 @@
-"""Turn ``LightningLite``'s flags into a :class:`Plan`, or one error listing every problem.
+"""Turn ``LightningLite``'s flags into a [`Plan`][lite_facade.Plan], or one error listing every problem.
 
-``resolve_plan`` is a pure function of the flags and an :class:`Inventory` (everything read from
+``resolve_plan`` is a pure function of the flags and an [`Inventory`][lite_facade.Inventory] (everything read from
 the machine and the process, platform included, gathered once), in named steps over the
-registries: :func:`~lite_facade._flags.normalize` the flags, :func:`_choose_strategy`, :func:`_collect_problems`
+registries: `normalize` the flags, `_choose_strategy`, `_collect_problems`
 (from the strategy's registry row and the precision's ``unsupported_reason``), build the ``Plan``.
 Nothing here names a strategy: adding one never edits this module.
 
@@ -12,7 +12,7 @@ and each one made is a line of ``Plan.warnings`` (``LightningLite`` shows them o
 - ``strategy='dp'`` on the CPU runs as ``'ddp'`` (the row's ``runs_as``);
 - a spawn/fork strategy under an external launcher (torchrun, SLURM, ...) runs as its script
   twin in the processes that already exist (the row's ``runs_as_under_external_launcher``);
-- ``precision=16`` on a CPU without float16 autocast runs as ``'bf16-mixed'`` (:data:`PRECISION_FALLBACKS`).
+- ``precision=16`` on a CPU without float16 autocast runs as ``'bf16-mixed'`` (`PRECISION_FALLBACKS`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,18 @@ def resolve_plan(
     tpu_cores: Any = None,
     inventory: Inventory,
 ) -> Plan:
-    """Resolve the flags into a :class:`Plan`; raise :class:`LiteConfigurationError` listing every problem."""
+    """Resolve the flags into a [`Plan`][lite_facade.Plan]; raise [`LiteConfigurationError`][lite_facade.LiteConfigurationError] listing every problem.
+
+    Examples:
+        Two CPU processes in bf16 on a described machine (``Inventory.detect()`` describes this one):
+
+        >>> from lite_collectives import LightningEnvironment
+        >>> from lite_facade import Inventory, resolve_plan
+        >>> machine = Inventory(device_counts={"cpu": 1}, installed=frozenset(), environment=LightningEnvironment())
+        >>> plan = resolve_plan(accelerator="cpu", devices=2, precision="bf16", inventory=machine)
+        >>> plan.strategy, plan.precision, plan.world_size
+        ('ddp_spawn', 'bf16-mixed', 2)
+    """
     given = dict(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
                  precision=precision, plugins=plugins, gpus=gpus, tpu_cores=tpu_cores)  # fmt: skip
     problems: list[str] = []

@@ -1,14 +1,17 @@
 """Turn a sharded checkpoint (an FSDP or DeepSpeed directory) into one plain ``torch.save`` file.
 
 The output holds one model's ``state_dict`` with the original module's parameter names, so it
-loads with torch alone::
+loads with torch alone. Everything runs in this one process, on the CPU, without a process group.
 
+Examples:
+    ```bash
     python -m lite_facade.consolidate ckpt/ model.pt            # the checkpoint's only model
     python -m lite_facade.consolidate ckpt/ model.pt --key ema  # one of several
+    ```
 
+    ```python
     model.load_state_dict(torch.load("model.pt", weights_only=True))
-
-Everything runs in this one process, on the CPU, without a process group.
+    ```
 """
 
 from __future__ import annotations

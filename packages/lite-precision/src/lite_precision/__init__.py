@@ -1,6 +1,6 @@
 """Precision modes for PyTorch training: 64, 32, 16-mixed, bf16-mixed, 16-true, bf16-true.
 
-Each mode is a small object built from its name by :func:`get_precision`; it converts a
+Each mode is a small object built from its name by [`get_precision`][lite_precision.get_precision]; it converts a
 module and its inputs/outputs, gives the context forward runs in, and owns the backward
 and optimizer step (loss scaling for ``"16-mixed"``).
 """

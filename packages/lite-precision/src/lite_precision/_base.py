@@ -132,7 +132,7 @@ class Precision:
 
     @property
     def plain_backward_and_step(self) -> bool:
-        """True when :meth:`backward` is exactly ``tensor.backward`` and :meth:`optimizer_step`
+        """True when [`backward`][lite_precision.Precision.backward] is exactly ``tensor.backward`` and [`optimizer_step`][lite_precision.Precision.optimizer_step]
         exactly ``optimizer.step``: a caller on the hot path may then call those directly.
 
         False for a mode with a loss scaler and for any subclass that overrides either method.
@@ -158,4 +158,4 @@ class Precision:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned; a mode without state ignores it."""
+        """Restore what [`state_dict`][lite_precision.Precision.state_dict] returned; a mode without state ignores it."""

@@ -72,7 +72,7 @@ class MixedPrecision(Precision):
     """Autocast to ``dtype`` in forward; float32 parameters; loss scaling for float16.
 
     Args:
-        device_type: see :class:`Precision`.
+        device_type: see [`Precision`][lite_precision.Precision].
         dtype: ``torch.float16`` (``"16-mixed"``, with a GradScaler) or ``torch.bfloat16``
             (``"bf16-mixed"``, no scaler).
         scaler: a ``torch.amp.GradScaler`` to use instead of the default one (float16 only).

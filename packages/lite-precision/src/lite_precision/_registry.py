@@ -52,10 +52,11 @@ def canonical_precision(value: str | int) -> str:
     ``64``, ``32``, ``16``, ``"bf16"`` (as ints or strings; NumPy integers too). Bools and
     floats are rejected: ``16.0`` or ``True`` is more likely a bug than a choice.
 
-    >>> canonical_precision(16)
-    '16-mixed'
-    >>> canonical_precision("bf16")
-    'bf16-mixed'
+    Examples:
+        >>> canonical_precision(16)
+        '16-mixed'
+        >>> canonical_precision("bf16")
+        'bf16-mixed'
 
     Raises:
         PrecisionError: the value is not one of the above.
@@ -86,8 +87,9 @@ def canonical_precision(value: str | int) -> str:
 def get_precision(precision: str | int = "32-true", device_type: str = "cpu") -> Precision:
     """Build the mode for ``precision`` on ``device_type``.
 
-    >>> get_precision("bf16", "cpu")
-    BFloat16MixedPrecision(name='bf16-mixed', device_type='cpu')
+    Examples:
+        >>> get_precision("bf16", "cpu")
+        BFloat16MixedPrecision(name='bf16-mixed', device_type='cpu')
 
     Raises:
         PrecisionError: an unknown precision or device type, or a mode the device type cannot run

@@ -1,8 +1,8 @@
 """How a model and its optimizers are placed, wrapped and stepped, and how processes are launched.
 
 Strategies (single_device, dp, ddp, ddp_spawn, ddp_fork; deepspeed and its stage presets,
-ddp_sharded, ddp_sharded_spawn, fsdp, xla) are rows of :data:`STRATEGIES`, built lazily; a
-third-party strategy is one more row, given to :func:`register_strategy` or published as an
+ddp_sharded, ddp_sharded_spawn, fsdp, xla) are rows of [`STRATEGIES`][lite_strategies.STRATEGIES], built lazily; a
+third-party strategy is one more row, given to [`register_strategy`][lite_strategies.register_strategy] or published as an
 entry point of group ``lite.strategies``;
 launchers start the processes; checkpoint IO writes atomically and loads safely.
 Importing this package imports no optional backend (deepspeed, fairscale, torch_xla): each is

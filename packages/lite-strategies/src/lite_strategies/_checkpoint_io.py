@@ -37,15 +37,16 @@ _FSSPEC_HINT = (
 def is_url(path: _PathLike) -> bool:
     """Whether ``path`` is a URL of a filesystem other than the local one (``file://`` is local).
 
-    >>> is_url("s3://bucket/ckpt.pt"), is_url("file:///tmp/ckpt.pt"), is_url("ckpt.pt")
-    (True, False, False)
+    Examples:
+        >>> is_url("s3://bucket/ckpt.pt"), is_url("file:///tmp/ckpt.pt"), is_url("ckpt.pt")
+        (True, False, False)
     """
     match = _URL.match(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
     return bool(match) and match.group("scheme").lower() != "file"  # type: ignore[union-attr]
 
 
 def local_path(path: _PathLike) -> Path:
-    """``path`` as a local :class:`~pathlib.Path` (a ``file://`` URL becomes its path)."""
+    """``path`` as a local `Path` (a ``file://`` URL becomes its path)."""
     text = os.fspath(path)
     if text.lower().startswith("file://"):
         return Path(unquote(urlparse(text).path))
@@ -160,7 +161,7 @@ class TorchCheckpointIO(CheckpointIO):
     def load_checkpoint(
         self, path: _PathLike, map_location: Any = None, *, weights_only: bool = True
     ) -> dict[str, Any]:
-        """Load ``path``; raise :class:`CheckpointError` naming it if it is not a readable checkpoint.
+        """Load ``path``; raise [`CheckpointError`][lite_strategies.CheckpointError] naming it if it is not a readable checkpoint.
 
         ``weights_only=True`` (the default) loads tensors, containers and primitive types only;
         pass ``weights_only=False`` to unpickle arbitrary objects from a file you trust.

@@ -49,12 +49,12 @@ class DDPStrategy(ParallelStrategy):
 
 
 class DDPSpawnStrategy(DDPStrategy):
-    """Thin alias: :class:`DDPStrategy` as the ``ddp_spawn`` row (processes started with 'spawn')."""
+    """Thin alias: [`DDPStrategy`][lite_strategies.DDPStrategy] as the ``ddp_spawn`` row (processes started with 'spawn')."""
 
     strategy_name: ClassVar[str] = "ddp_spawn"
 
 
 class DDPForkStrategy(DDPStrategy):
-    """Thin alias: :class:`DDPStrategy` as the ``ddp_fork`` row (processes started with 'fork')."""
+    """Thin alias: [`DDPStrategy`][lite_strategies.DDPStrategy] as the ``ddp_fork`` row (processes started with 'fork')."""
 
     strategy_name: ClassVar[str] = "ddp_fork"

@@ -65,7 +65,7 @@ class ParallelStrategy(Strategy):
     def start_method(self) -> str | None:
         """The multiprocessing start method ("spawn"/"fork") of a spawn/fork row; None for the script launcher.
 
-        Read from :attr:`launcher_kind` (the row), kept for code that read the old class attribute.
+        Read from [`launcher_kind`][lite_strategies.Strategy.launcher_kind] (the row), kept for code that read the old class attribute.
         """
         kind = self.launcher_kind
         return kind if kind in START_METHODS else None
@@ -108,7 +108,7 @@ class ParallelStrategy(Strategy):
 
     @property
     def launcher(self) -> Launcher | None:
-        """The launcher of :attr:`launcher_kind` (see :func:`lite_strategies.launchers.make_launcher`)."""
+        """The launcher of [`launcher_kind`][lite_strategies.Strategy.launcher_kind] (see `lite_strategies.launchers.make_launcher`)."""
         if self._launcher is None:
             self._launcher = make_launcher(self.launcher_kind or "script", self)
         return self._launcher
@@ -146,7 +146,7 @@ class ParallelStrategy(Strategy):
             lite_collectives.barrier()
 
     def setup_module(self, module: nn.Module, *, move_to_device: bool = True) -> nn.Module:
-        """Convert, move and wrap the module (see :meth:`Strategy.setup_module`)."""
+        """Convert, move and wrap the module (see [`Strategy.setup_module`][lite_strategies.Strategy.setup_module])."""
         wrapped = super().setup_module(module, move_to_device=move_to_device)
         if wrapped is not module:
             self._wrapped.append(weakref.ref(wrapped))

@@ -1,9 +1,9 @@
 """The open strategy registry: built-in rows, rows registered in code, and entry points.
 
-Names are looked up in this order: the built-in rows (:mod:`lite_strategies._rows`), rows given
-to :func:`register_strategy`, and the entry points of group ``lite.strategies`` of the installed
+Names are looked up in this order: the built-in rows (`lite_strategies._rows`), rows given
+to [`register_strategy`][lite_strategies.register_strategy], and the entry points of group ``lite.strategies`` of the installed
 distributions. Entry points are loaded only when a name is not found otherwise; each names a
-:class:`StrategySpec`, an iterable of them, or a callable returning either. A name or alias
+[`StrategySpec`][lite_strategies.StrategySpec], an iterable of them, or a callable returning either. A name or alias
 registered twice raises, naming both providers.
 """
 
@@ -57,7 +57,7 @@ def build_registry(rows: Iterable[StrategySpec]) -> Mapping[str, StrategySpec]:
 
 
 STRATEGIES: Mapping[str, StrategySpec] = build_registry(ROWS)
-"""The built-in rows, by canonical name (rows registered later are in :func:`strategy_specs`)."""
+"""The built-in rows, by canonical name (rows registered later are in [`strategy_specs`][lite_strategies.strategy_specs])."""
 
 _BUILTIN = "lite_strategies"
 _lock = threading.Lock()
@@ -91,17 +91,20 @@ def register_strategy(
 ) -> StrategySpec:
     """Add a row to the registry, so that ``strategy=<its name>`` (or an alias) builds it; returns it.
 
-    ``spec`` is a :class:`StrategySpec`, or a :class:`Strategy` subclass that sets its own
+    ``spec`` is a [`StrategySpec`][lite_strategies.StrategySpec], or a [`Strategy`][lite_strategies.Strategy] subclass that sets its own
     ``strategy_name``: its row is then the row of the nearest base class with a row, renamed,
-    pointing at the subclass, with ``fields`` (any :class:`StrategySpec` field) changed::
+    pointing at the subclass, with ``fields`` (any [`StrategySpec`][lite_strategies.StrategySpec] field) changed.
 
+    ``provider`` names who registers it in errors (default: the top-level module of the row's
+    factory). A name or alias already taken raises [`StrategyError`][lite_strategies.StrategyError] naming both providers.
+
+    Examples:
+        ```python
         class Mine(DDPStrategy):
             strategy_name = "mine"
 
         register_strategy(Mine, description="DDP with my own wrapper")
-
-    ``provider`` names who registers it in errors (default: the top-level module of the row's
-    factory). A name or alias already taken raises :class:`StrategyError` naming both providers.
+        ```
     """
     if isinstance(spec, type):
         spec = _spec_of_class(spec, fields)
@@ -176,8 +179,9 @@ def get_strategy_spec(name: str) -> StrategySpec:
 
     A name not registered in code makes the ``lite.strategies`` entry points load once.
 
-    >>> get_strategy_spec("ddp_notebook").name
-    'ddp_fork'
+    Examples:
+        >>> get_strategy_spec("ddp_notebook").name
+        'ddp_fork'
     """
     if not isinstance(name, str):
         raise StrategyError(f"strategy name must be a string, got {type(name).__name__}: {name!r}")

@@ -158,7 +158,7 @@ ROWS = (
 
 @dataclass(frozen=True)
 class DefaultRule:
-    """One rule of :data:`DEFAULT_STRATEGY`: ``strategy`` when every condition given matches (None: any)."""
+    """One rule of [`DEFAULT_STRATEGY`][lite_strategies.DEFAULT_STRATEGY]: ``strategy`` when every condition given matches (None: any)."""
 
     strategy: str
     accelerator: str | None = None
@@ -174,7 +174,6 @@ class DefaultRule:
         return all(want is None or want == have for want, have in zip(wanted, asked))
 
 
-#: The strategy used when none is named: the first rule that matches wins.
 DEFAULT_STRATEGY: tuple[DefaultRule, ...] = (
     DefaultRule("xla", accelerator="xla"),  # one strategy runs one or many XLA devices
     DefaultRule("single_device", one_process=True),
@@ -182,15 +181,17 @@ DEFAULT_STRATEGY: tuple[DefaultRule, ...] = (
     DefaultRule("ddp_fork", interactive=True),  # a notebook has no script to re-run
     DefaultRule("ddp_spawn"),
 )
+"""The strategy used when none is named: the first rule that matches wins."""
 
 
 def default_strategy(
     *, accelerator: str, world_size: int, external_launcher: bool = False, interactive: bool = False
 ) -> str:
-    """The name of the strategy :data:`DEFAULT_STRATEGY` picks for this configuration.
+    """The name of the strategy [`DEFAULT_STRATEGY`][lite_strategies.DEFAULT_STRATEGY] picks for this configuration.
 
-    >>> default_strategy(accelerator="cpu", world_size=2)
-    'ddp_spawn'
+    Examples:
+        >>> default_strategy(accelerator="cpu", world_size=2)
+        'ddp_spawn'
     """
     for rule in DEFAULT_STRATEGY:
         if rule.matches(

@@ -294,6 +294,6 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 class DDPShardedSpawnStrategy(DDPShardedStrategy):
-    """Thin alias: :class:`DDPShardedStrategy` as the ``ddp_sharded_spawn`` row (processes started with 'spawn')."""
+    """Thin alias: [`DDPShardedStrategy`][lite_strategies.DDPShardedStrategy] as the ``ddp_sharded_spawn`` row (processes started with 'spawn')."""
 
     strategy_name: ClassVar[str] = "ddp_sharded_spawn"

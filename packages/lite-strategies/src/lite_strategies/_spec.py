@@ -1,9 +1,9 @@
 """A strategy's registry row: what the resolver and the strategy base know before building anything.
 
-A row (:class:`StrategySpec`) holds the class and the keyword arguments it is built with, the
+A row ([`StrategySpec`][lite_strategies.StrategySpec]) holds the class and the keyword arguments it is built with, the
 accelerators, precisions and device counts it accepts, the optional package it needs (with its
 version floor), its launcher kind, the strategy it runs as in a known-compatible case, and its
-own precision plugin where it needs one. :meth:`StrategySpec.problems` turns those fields into
+own precision plugin where it needs one. [`StrategySpec.problems`][lite_strategies.StrategySpec.problems] turns those fields into
 every incompatibility of a configuration, as text, without building or importing anything.
 """
 
@@ -26,12 +26,12 @@ if TYPE_CHECKING:
     from lite_precision import Precision
     from lite_strategies._strategy import Strategy
 
-#: The multiprocessing start methods a launcher kind may name (the only place they are listed).
 START_METHODS = ("spawn", "fork")
-#: Launcher kinds: None (the current process only), the script relaunch, a start method, torch_xla's.
+"""The multiprocessing start methods a launcher kind may name (the only place they are listed)."""
 LAUNCHERS = (None, "script", *START_METHODS, "xla")
-#: The entry-point group third-party distributions register strategy rows under.
+"""Launcher kinds: None (the current process only), the script relaunch, a start method, torch_xla's."""
 ENTRY_POINT_GROUP = "lite.strategies"
+"""The entry-point group third-party distributions register strategy rows under."""
 
 
 def _load_object(path: str) -> Any:
@@ -45,9 +45,9 @@ class StrategySpec:
 
     Attributes:
         name: the canonical name (``strategy="..."``); ``aliases`` are other accepted spellings.
-        factory: ``"module:Class"``, imported only by :meth:`load`.
+        factory: ``"module:Class"``, imported only by [`load`][lite_strategies.StrategySpec.load].
         accelerators: the canonical accelerator names it runs on.
-        launcher: how it starts processes (one of :data:`LAUNCHERS`; None: in the current one).
+        launcher: how it starts processes (one of [`LAUNCHERS`][lite_strategies.LAUNCHERS]; None: in the current one).
         multi_process: whether several processes take part (so it can span nodes).
         interactive: whether it works in a notebook / REPL (no script to re-run).
         init_kwargs: keyword arguments the row builds its class with (``stage=3`` for
@@ -180,7 +180,7 @@ class StrategySpec:
         ``precision`` is a canonical name (None: not checked). ``installed`` is the set of
         optional modules known to be usable (None: look at this machine). ``interactive``
         and ``external_launcher`` describe the process (a notebook; ranks started by torchrun,
-        SLURM, ...). The resolver and :class:`Strategy` both call this: the checks exist here only.
+        SLURM, ...). The resolver and [`Strategy`][lite_strategies.Strategy] both call this: the checks exist here only.
         """
         name = repr(self.name)
         found: list[str] = []
@@ -244,7 +244,7 @@ class StrategySpec:
 
     # ------------------------------------------------------------------ building
     def load(self, *, check_backend: bool = True) -> type[Strategy]:
-        """Import and return the strategy class; a missing backend raises :class:`StrategyError`.
+        """Import and return the strategy class; a missing backend raises [`StrategyError`][lite_strategies.StrategyError].
 
         ``check_backend=False`` returns the class even without its backend (its module imports
         the backend lazily), so that e.g. a seed-compatible import line works everywhere.
@@ -257,7 +257,7 @@ class StrategySpec:
         return cls
 
     def build(self, **settings: Any) -> Strategy:
-        """Build this row's strategy: its class with :attr:`init_kwargs`, then ``settings``.
+        """Build this row's strategy: its class with `init_kwargs`, then ``settings``.
 
         The strategy keeps the row's name (``strategy.strategy_name``), so its launcher kind and
         checks are this row's even when several rows share one class.

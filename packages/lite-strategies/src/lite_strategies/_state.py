@@ -3,7 +3,7 @@
 A state is a tree of dicts, lists and tuples (named tuples are values, as torch.save keeps them)
 whose leaves are modules, optimizers, other stateful objects (anything with ``state_dict`` and
 ``load_state_dict``, e.g. an LR scheduler) and plain values. Every strategy saves and loads
-through :func:`map_state`, :func:`saved_form`, :func:`check_checkpoint` and :func:`restore_state`;
+through [`map_state`][lite_strategies.map_state], `saved_form`, `check_checkpoint` and `restore_state`;
 the backends differ only in the callbacks they pass (DDP's full state dicts, FSDP's shards,
 DeepSpeed's engines).
 """
@@ -37,8 +37,9 @@ def map_state(
     Dicts (rebuilt as plain dicts, in their order), lists and tuples are walked; anything else,
     named tuples included, is a leaf, and so is a container for which ``is_leaf`` returns True.
 
-    >>> map_state({"a": [1, 2], "b": (3,)}, lambda value, path: (path, value))
-    {'a': [(('a', 0), 1), (('a', 1), 2)], 'b': ((('b', 0), 3),)}
+    Examples:
+        >>> map_state({"a": [1, 2], "b": (3,)}, lambda value, path: (path, value))
+        {'a': [(('a', 0), 1), (('a', 1), 2)], 'b': ((('b', 0), 3),)}
     """
     if is_leaf is not None and is_leaf(state):
         return fn(state, path)
@@ -52,7 +53,7 @@ def map_state(
 
 
 def state_leaves(state: Any) -> list[Any]:
-    """Every leaf of ``state`` (see :func:`map_state`), in order."""
+    """Every leaf of ``state`` (see [`map_state`][lite_strategies.map_state]), in order."""
     found: list[Any] = []
     map_state(state, lambda value, _: found.append(value))
     return found
@@ -88,7 +89,7 @@ def saved_form(
 
 
 def check_checkpoint(path: _PathLike, checkpoint: Any, wanted: Iterable[Any]) -> None:
-    """Raise :class:`CheckpointError` unless ``checkpoint`` is a mapping holding every key of ``wanted``."""
+    """Raise [`CheckpointError`][lite_strategies.CheckpointError] unless ``checkpoint`` is a mapping holding every key of ``wanted``."""
     wanted = list(wanted)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(
@@ -115,7 +116,7 @@ def restore_state(
 
     Modules and optimizers load through ``load_*(target, saved)``, other stateful objects with
     their ``load_state_dict``, and a plain value of ``state`` is replaced by the saved one
-    (passed through ``load_value`` first when given). Checked first with :func:`check_checkpoint`.
+    (passed through ``load_value`` first when given). Checked first with `check_checkpoint`.
     """
     check_checkpoint(path, checkpoint, state)
     rest = dict(checkpoint)

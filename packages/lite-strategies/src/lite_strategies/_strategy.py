@@ -2,7 +2,7 @@
 
 A strategy is built in the main process (nothing touches a device or a process group in
 ``__init__``, so it is fork-safe and picklable), then its launcher starts the processes
-and calls :meth:`Strategy.setup_environment` in each before the user's function runs.
+and calls [`Strategy.setup_environment`][lite_strategies.Strategy.setup_environment] in each before the user's function runs.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ class Strategy:
     """Base of every strategy: single-process behaviour, collectives delegated to lite_collectives.
 
     Subclasses set ``strategy_name`` (their registry row, which gives the accepted
-    accelerators) and override :meth:`setup_module` (the wrap), and where a backend wraps
+    accelerators) and override [`setup_module`][lite_strategies.Strategy.setup_module] (the wrap), and where a backend wraps
     the module and its optimizers together (DeepSpeed, fairscale, FSDP),
-    :meth:`setup_module_and_optimizers`.
+    [`setup_module_and_optimizers`][lite_strategies.Strategy.setup_module_and_optimizers].
     """
 
     strategy_name: ClassVar[str] = "single_device"
@@ -223,7 +223,7 @@ class Strategy:
         """Build ``cls`` as the row ``spec``: with the row's ``init_kwargs`` under ``settings``.
 
         The strategy takes the row's name, so several rows can share one class (``ddp``,
-        ``ddp_spawn`` and ``ddp_fork`` are all :class:`DDPStrategy`, differing in launcher kind).
+        ``ddp_spawn`` and ``ddp_fork`` are all [`DDPStrategy`][lite_strategies.DDPStrategy], differing in launcher kind).
         """
         strategy = cls.__new__(cls)
         # an instance attribute: this object's row, shadowing the class's default one
@@ -271,7 +271,7 @@ class Strategy:
     ) -> tuple[nn.Module, list[torch.optim.Optimizer]]:
         """Set up a module and its optimizers together; returns what to train with.
 
-        The default wraps the module with :meth:`setup_module` and keeps the optimizers: they
+        The default wraps the module with [`setup_module`][lite_strategies.Strategy.setup_module] and keeps the optimizers: they
         hold the module's parameters, which conversion and moving keep (in place). Backends
         that replace the optimizers (DeepSpeed's engine, fairscale's OSS) or need them built
         after wrapping (FSDP) override this.
@@ -303,7 +303,7 @@ class Strategy:
     # ------------------------------------------------------------------ training step
     @property
     def plain_backward_and_step(self) -> bool:
-        """True when :meth:`backward` and :meth:`optimizer_step` add nothing to ``tensor.backward`` and
+        """True when [`backward`][lite_strategies.Strategy.backward] and [`optimizer_step`][lite_strategies.Strategy.optimizer_step] add nothing to ``tensor.backward`` and
         ``optimizer.step`` (neither this strategy nor its precision changes them): a caller on the
         hot path may then call those directly. Strategies that drive the step themselves
         (e.g. through an engine) override a method and so read False.
@@ -398,7 +398,7 @@ class Strategy:
     def save_checkpoint(self, path: _PathLike, state: Any) -> None:
         """Save ``state`` to ``path``: global rank 0 writes, atomically; every rank must call this.
 
-        Modules and optimizers (what :meth:`setup_module_and_optimizers` returned), at the top
+        Modules and optimizers (what [`setup_module_and_optimizers`][lite_strategies.Strategy.setup_module_and_optimizers] returned), at the top
         level or inside dicts, lists and tuples, are saved as their full state dicts, other objects
         with ``state_dict``/``load_state_dict`` (an LR scheduler) as their ``state_dict()``. Sharded
         strategies override this to write one file per rank under ``path``.
@@ -425,7 +425,7 @@ class Strategy:
         optimizer and stateful object in place,
         replace each plain value in ``state`` by the saved one, and return the saved entries
         that ``state`` did not name. A key of ``state`` missing from the file raises
-        :class:`CheckpointError`. ``weights_only=False`` unpickles arbitrary objects: only for
+        [`CheckpointError`][lite_strategies.CheckpointError]. ``weights_only=False`` unpickles arbitrary objects: only for
         files you trust.
         """
         checkpoint = self.checkpoint_io.load_checkpoint(
@@ -441,4 +441,4 @@ class Strategy:
         )
 
     def teardown(self) -> None:
-        """Release what :meth:`setup_environment` acquired."""
+        """Release what [`setup_environment`][lite_strategies.Strategy.setup_environment] acquired."""

@@ -1,8 +1,8 @@
 """The 'xla' strategy (aliases 'tpu_spawn', 'xla_spawn'): torch_xla on TPU cores (or XLA:CPU).
 
-One process per XLA device, started by torch_xla's own launcher (:class:`XLALauncher`).
+One process per XLA device, started by torch_xla's own launcher (`XLALauncher`).
 There is no torch.distributed process group: gradients are averaged across replicas in
-:meth:`XLAStrategy.optimizer_step` (``xm.reduce_gradients``, as ``xm.optimizer_step`` does)
+[`XLAStrategy.optimizer_step`][lite_strategies.XLAStrategy.optimizer_step] (``xm.reduce_gradients``, as ``xm.optimizer_step`` does)
 and the collectives are torch_xla's (``xm.all_gather``, ``xm.all_reduce``, ``xm.rendezvous``).
 
 ``torch_xla`` is imported inside the methods only: importing this module (and building the
@@ -85,7 +85,7 @@ class XLAStrategy(Strategy):
     Each process drives one XLA device; ranks and world size come from ``torch_xla.runtime``
     once the launcher has started the processes (before that: rank 0 of
     ``num_nodes * len(devices)``). The module is moved to the device without a wrapper;
-    :meth:`optimizer_step` averages the gradients over the replicas, steps through the
+    [`optimizer_step`][lite_strategies.XLAStrategy.optimizer_step] averages the gradients over the replicas, steps through the
     precision plugin and cuts the lazy graph (``xm.mark_step``) so each step compiles once.
 
     Backend keyword arguments: ``start_method`` ("spawn", the default, or "fork") for
@@ -154,7 +154,7 @@ class XLAStrategy(Strategy):
 
     @property
     def launcher(self) -> Launcher | None:
-        """An :class:`XLALauncher` (torch_xla's spawn entry point)."""
+        """An `XLALauncher` (torch_xla's spawn entry point)."""
         if self._launcher is None:
             from lite_strategies.launchers import make_launcher
 
@@ -165,7 +165,7 @@ class XLAStrategy(Strategy):
     def setup_environment(self) -> None:
         """In each process: take ranks and the device from torch_xla's runtime (there is no process group).
 
-        Raises :class:`StrategyError` when torch_xla runs a different number of replicas than
+        Raises [`StrategyError`][lite_strategies.StrategyError] when torch_xla runs a different number of replicas than
         ``num_nodes * devices`` (torch_xla uses every device of a host).
         """
         self._launched = True
@@ -332,7 +332,7 @@ class XLAStrategy(Strategy):
         """Load a checkpoint on every replica, its tensors on this process's XLA device.
 
         The file is read onto the CPU, then moved: ``torch.load`` cannot map storages to XLA.
-        ``state`` works as in :meth:`Strategy.load_checkpoint`.
+        ``state`` works as in [`Strategy.load_checkpoint`][lite_strategies.Strategy.load_checkpoint].
         """
         checkpoint = self.checkpoint_io.load_checkpoint(
             path, map_location=torch.device("cpu"), weights_only=weights_only

@@ -1,9 +1,9 @@
 """Test helpers shared by the lite packages (unpublished).
 
-- :func:`free_port` finds a TCP port on 127.0.0.1 that nobody listens on.
-- :func:`run_processes` runs a function in N real processes joined by a gloo process
+- `free_port` finds a TCP port on 127.0.0.1 that nobody listens on.
+- `run_processes` runs a function in N real processes joined by a gloo process
   group on 127.0.0.1 and returns each rank's result, with every wait bounded.
-- :func:`run_if` is one marker that gathers every skip reason.
+- `run_if` is one marker that gathers every skip reason.
 """
 
 from lite_testing._processes import DistributedTestError, free_port, run_processes

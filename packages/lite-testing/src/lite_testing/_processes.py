@@ -106,7 +106,7 @@ def run_processes(
     With ``init=True`` each process first joins a gloo process group on 127.0.0.1 whose
     collectives time out after ``timeout`` seconds. The whole run is bounded by
     ``timeout`` plus a margin: a rank that raises, dies or hangs fails the call with a
-    :class:`DistributedTestError` naming the rank, and every other rank is stopped.
+    `DistributedTestError` naming the rank, and every other rank is stopped.
     ``fn`` must be picklable when ``start_method="spawn"`` (a module-level function).
     The processes are started and watched by ``torch.multiprocessing.start_processes``.
     """

@@ -1,4 +1,4 @@
-"""Seed-compatible ``pytorch_lightning.lite.lite``: a re-export of :class:`~lite_facade.LightningLite`."""
+"""Seed-compatible ``pytorch_lightning.lite.lite``: a re-export of [`LightningLite`][lite_facade.LightningLite]."""
 
 from lite_facade._lite import LightningLite
 

@@ -32,7 +32,7 @@ def holds_engines(strategy: DeepSpeedStrategy, state: Any) -> bool:
 
 
 def save_engines(strategy: DeepSpeedStrategy, path: _PathLike, state: dict[str, Any]) -> None:
-    """See :meth:`DeepSpeedStrategy.save_checkpoint`."""
+    """See [`DeepSpeedStrategy.save_checkpoint`][lite_strategies.DeepSpeedStrategy.save_checkpoint]."""
     engines, optimizers, plain = split_state(strategy, state, "save")
     if is_url(path):
         raise CheckpointError(
@@ -57,7 +57,7 @@ def save_engines(strategy: DeepSpeedStrategy, path: _PathLike, state: dict[str, 
 
 
 def load_engines(strategy: DeepSpeedStrategy, path: _PathLike, state: dict[str, Any]) -> dict[str, Any]:
-    """Load a DeepSpeed checkpoint directory into ``state``; see :meth:`DeepSpeedStrategy.load_checkpoint`."""
+    """Load a DeepSpeed checkpoint directory into ``state``; see [`DeepSpeedStrategy.load_checkpoint`][lite_strategies.DeepSpeedStrategy.load_checkpoint]."""
     manifest_path = Path(path) / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     engines, optimizers, plain = split_state(strategy, state, "load")
@@ -161,8 +161,9 @@ def consolidate_deepspeed_checkpoint(path: _PathLike, output_file: _PathLike | N
     saved, minus the optimizers. With ``output_file`` it is also written there with
     ``torch.save``, a file every strategy (and ``torch.load``) can load.
 
-    >>> state = consolidate_deepspeed_checkpoint("ckpt/", "ckpt.pt")  # doctest: +SKIP
-    >>> model.load_state_dict(state["model"])  # doctest: +SKIP
+    Examples:
+        >>> state = consolidate_deepspeed_checkpoint("ckpt/", "ckpt.pt")  # doctest: +SKIP
+        >>> model.load_state_dict(state["model"])  # doctest: +SKIP
     """
     directory = Path(path)
     manifest_path = directory / MANIFEST

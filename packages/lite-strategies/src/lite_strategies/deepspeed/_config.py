@@ -40,7 +40,7 @@ _SCALER = ("loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis
 
 @dataclass(frozen=True)
 class DeepSpeedOptions:
-    """The keyword arguments of :class:`DeepSpeedStrategy` beyond the common ones, checked at construction.
+    """The keyword arguments of [`DeepSpeedStrategy`][lite_strategies.DeepSpeedStrategy] beyond the common ones, checked at construction.
 
     Attributes:
         stage: ZeRO stage: 0 (off; plain data parallel), 1 (optimizer states sharded),

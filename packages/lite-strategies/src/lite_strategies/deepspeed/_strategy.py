@@ -43,11 +43,11 @@ SHM_COMM_VAR = "LITE_DEEPSPEED_SHM_COMM"
 class DeepSpeedStrategy(ParallelStrategy):
     """DeepSpeed ZeRO: one engine per model (``deepspeed.initialize``), one process per device.
 
-    Keyword arguments: the fields of :class:`DeepSpeedOptions` (``stage``, ``config``, the offload
+    Keyword arguments: the fields of `DeepSpeedOptions` (``stage``, ``config``, the offload
     and ZeRO tuning knobs, the fp16 loss scaler, ``logging_level``), each documented there.
 
     ``process_group_backend`` and ``timeout`` (keyword arguments) are those of
-    :class:`ParallelStrategy`; DeepSpeed uses the process group this strategy creates.
+    [`ParallelStrategy`][lite_strategies.ParallelStrategy]; DeepSpeed uses the process group this strategy creates.
 
     Raises:
         StrategyError: at construction, for a bad stage, offload setting or config, and for a
@@ -130,7 +130,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         DeepSpeed converts and places the module itself (``move_to_device`` cannot keep it where
         it is). Without an optimizer the engine is for inference. The returned optimizer is
         DeepSpeed's (a ZeRO optimizer wrapping yours, or yours for stage 0 in fp32); step it
-        through :meth:`optimizer_step`.
+        through [`optimizer_step`][lite_strategies.DeepSpeedStrategy.optimizer_step].
         """
         if len(optimizers) > 1:
             raise StrategyError(
@@ -154,7 +154,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         return engine, [ds_optimizer]
 
     def setup_module(self, module: nn.Module, *, move_to_device: bool = True) -> nn.Module:
-        """An engine without optimizer (inference); see :meth:`setup_module_and_optimizers`."""
+        """An engine without optimizer (inference); see [`setup_module_and_optimizers`][lite_strategies.DeepSpeedStrategy.setup_module_and_optimizers]."""
         return self.setup_module_and_optimizers(module, [], move_to_device=move_to_device)[0]
 
     def module_to_device(self, module: nn.Module) -> nn.Module:
@@ -292,7 +292,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         """Load a DeepSpeed checkpoint directory (or, like other strategies, a single full file).
 
         Without ``state``: the saved plain values and each engine's consolidated fp32 state
-        dict (see :func:`consolidate_deepspeed_checkpoint`; optimizer states are left out).
+        dict (see [`consolidate_deepspeed_checkpoint`][lite_strategies.consolidate_deepspeed_checkpoint]; optimizer states are left out).
         With ``state``: each engine in it loads its shard (and its optimizer's, when that
         optimizer is in ``state``) with ``engine.load_checkpoint``, its plain values are
         replaced, and the saved plain values it did not name are returned. A single full file
@@ -326,31 +326,31 @@ class DeepSpeedStrategy(ParallelStrategy):
 
 
 class DeepSpeedStage1Strategy(DeepSpeedStrategy):
-    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_1`` row's init kwargs (stage 1)."""
+    """Thin alias: [`DeepSpeedStrategy`][lite_strategies.DeepSpeedStrategy] with the ``deepspeed_stage_1`` row's init kwargs (stage 1)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_1"
 
 
 class DeepSpeedStage2Strategy(DeepSpeedStrategy):
-    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_2`` row's init kwargs (stage 2)."""
+    """Thin alias: [`DeepSpeedStrategy`][lite_strategies.DeepSpeedStrategy] with the ``deepspeed_stage_2`` row's init kwargs (stage 2)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_2"
 
 
 class DeepSpeedStage2OffloadStrategy(DeepSpeedStrategy):
-    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_2_offload`` row's init kwargs (stage 2, optimizer offloaded)."""
+    """Thin alias: [`DeepSpeedStrategy`][lite_strategies.DeepSpeedStrategy] with the ``deepspeed_stage_2_offload`` row's init kwargs (stage 2, optimizer offloaded)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_2_offload"
 
 
 class DeepSpeedStage3Strategy(DeepSpeedStrategy):
-    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_3`` row's init kwargs (stage 3)."""
+    """Thin alias: [`DeepSpeedStrategy`][lite_strategies.DeepSpeedStrategy] with the ``deepspeed_stage_3`` row's init kwargs (stage 3)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_3"
 
 
 class DeepSpeedStage3OffloadStrategy(DeepSpeedStrategy):
-    """Thin alias: :class:`DeepSpeedStrategy` with the ``deepspeed_stage_3_offload`` row's init kwargs (stage 3, optimizer and parameters offloaded)."""
+    """Thin alias: [`DeepSpeedStrategy`][lite_strategies.DeepSpeedStrategy] with the ``deepspeed_stage_3_offload`` row's init kwargs (stage 3, optimizer and parameters offloaded)."""
 
     strategy_name: ClassVar[str] = "deepspeed_stage_3_offload"
 

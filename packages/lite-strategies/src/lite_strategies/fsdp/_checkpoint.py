@@ -116,8 +116,9 @@ def consolidate_fsdp_checkpoint(
     works on the plain, unwrapped model. With ``output_file`` the result is also written there
     (atomically, with ``torch.save``): a file ``torch.load`` and every strategy can read.
 
-    >>> state = consolidate_fsdp_checkpoint("ckpt/", "ckpt.pt")  # doctest: +SKIP
-    >>> model.load_state_dict(state["model"])  # doctest: +SKIP
+    Examples:
+        >>> state = consolidate_fsdp_checkpoint("ckpt/", "ckpt.pt")  # doctest: +SKIP
+        >>> model.load_state_dict(state["model"])  # doctest: +SKIP
     """
     from lite_strategies._checkpoint_io import TorchCheckpointIO
 

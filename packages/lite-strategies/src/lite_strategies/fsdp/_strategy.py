@@ -64,7 +64,7 @@ class FSDPStrategy(ParallelStrategy):
             optimizer state in CPU memory. On accelerator "cpu" pinning is refused.
         mixed_precision: a ``MixedPrecisionPolicy`` to use instead of the one the precision flag
             gives ("16-mixed"/"bf16-mixed": param_dtype float16/bfloat16, reduce_dtype float32).
-        state_dict_type: "sharded" (default: :meth:`save_checkpoint` writes a directory of
+        state_dict_type: "sharded" (default: [`save_checkpoint`][lite_strategies.FSDPStrategy.save_checkpoint] writes a directory of
             shards) or "full" (one file written by rank 0).
 
     Raises:
@@ -175,7 +175,7 @@ class FSDPStrategy(ParallelStrategy):
         kept as it is. A module on the meta device (created under ``torch.device("meta")``) is
         sharded first, then each process allocates its shards on its device and fills them with
         every submodule's ``reset_parameters()``; a submodule with parameters of its own but no
-        ``reset_parameters`` raises :class:`StrategyError` before anything is sharded.
+        ``reset_parameters`` raises [`StrategyError`][lite_strategies.StrategyError] before anything is sharded.
         """
         fsdp = import_fsdp()
         on_meta = _check_materialisable(module)
@@ -210,7 +210,7 @@ class FSDPStrategy(ParallelStrategy):
         **opt.defaults)``, its groups mapped old -> new parameter by name and keeping each group's
         hyperparameters. Use the returned optimizers (an LR scheduler built before this call still
         points at the old one: build it after). An optimizer that has already stepped, or that holds
-        parameters not in ``module``, raises :class:`StrategyError` (before anything is sharded).
+        parameters not in ``module``, raises [`StrategyError`][lite_strategies.StrategyError] (before anything is sharded).
         """
         names = {id(param): name for name, param in module.named_parameters()}
         # Everything that can be refused is checked before the module is sharded (in place).
@@ -380,7 +380,7 @@ class FSDPStrategy(ParallelStrategy):
         every process reads all shards into memory. With ``state``: load its modules and optimizers
         in place (from a directory each process reads only what its shards need; from a full file,
         e.g. one saved by DDP, each process keeps its slice), replace its plain values, and return
-        the saved entries ``state`` did not name (see :meth:`Strategy.load_checkpoint`).
+        the saved entries ``state`` did not name (see [`Strategy.load_checkpoint`][lite_strategies.Strategy.load_checkpoint]).
         """
         directory = Path(path)
         if not directory.is_dir():

@@ -1,15 +1,15 @@
 """Launchers: what starts the processes of a strategy and runs the user's function in each.
 
-One launcher per kind, chosen by :func:`make_launcher` from the kind a strategy declares:
+One launcher per kind, chosen by `make_launcher` from the kind a strategy declares:
 
-- ``"script"``: :class:`ScriptLauncher` re-runs the user's script (or ``python -m`` module)
+- ``"script"``: [`ScriptLauncher`][lite_strategies.ScriptLauncher] re-runs the user's script (or ``python -m`` module)
   once per extra local process; rank 0 stays in the user's process.
-- ``"spawn"`` / ``"fork"``: :class:`SpawnLauncher` starts one process per device with
+- ``"spawn"`` / ``"fork"``: [`SpawnLauncher`][lite_strategies.SpawnLauncher] starts one process per device with
   ``torch.multiprocessing.start_processes`` and returns rank 0's value.
-- ``"xla"``: :class:`XLALauncher` hands the processes to torch_xla's ``xmp.spawn``.
+- ``"xla"``: `XLALauncher` hands the processes to torch_xla's ``xmp.spawn``.
 
 Every started process watches its launcher and exits soon after the launcher dies; a failed
-process is reported as :class:`~lite_strategies.ProcessFailedError` naming its rank.
+process is reported as [`ProcessFailedError`][lite_strategies.ProcessFailedError] naming its rank.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = [
 
 
 def make_launcher(kind: str, strategy: Strategy, *, start_method: str = "spawn") -> Launcher:
-    """The launcher of ``kind`` (one of :data:`LAUNCHER_KINDS`) for ``strategy``.
+    """The launcher of ``kind`` (one of `LAUNCHER_KINDS`) for ``strategy``.
 
     ``start_method`` is only read for ``"xla"``: how torch_xla starts its processes.
     """

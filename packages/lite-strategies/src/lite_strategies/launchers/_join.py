@@ -55,9 +55,9 @@ def join_processes(
     """Wait for every process of ``context`` (``torch.multiprocessing.start_processes(..., join=False)``).
 
     On the first failure torch's ``ProcessContext.join`` gives the others
-    :data:`TERMINATE_GRACE_S` to fail on their own, then stops them; this raises
-    :class:`ProcessFailedError` naming the root cause among every rank that failed (see
-    :func:`root_cause`). ``read_report(i)`` returns what process ``i`` reported when it raised;
+    `TERMINATE_GRACE_S` to fail on their own, then stops them; this raises
+    [`ProcessFailedError`][lite_strategies.ProcessFailedError] naming the root cause among every rank that failed (see
+    `root_cause`). ``read_report(i)`` returns what process ``i`` reported when it raised;
     process ``i`` has global rank ``first_rank + i``. With ``timeout``, processes still running
     after it are stopped and ``TimeoutError`` is raised. Every process has exited on return.
     """

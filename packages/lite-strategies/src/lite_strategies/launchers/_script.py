@@ -70,7 +70,7 @@ class ScriptLauncher:
     the same script, whose ``launch`` then sees an externally created process and just runs
     the function. When the cluster environment creates the processes (torchrun, SLURM's
     srun, MPI) nothing is started. If a child fails, the others are stopped and this process
-    raises :class:`ProcessFailedError` naming the rank (or exits non-zero within a few seconds
+    raises [`ProcessFailedError`][lite_strategies.ProcessFailedError] naming the rank (or exits non-zero within a few seconds
     when it cannot raise, e.g. while blocked outside Python). SIGINT (Ctrl-C) stops the whole
     run within seconds, even while this process is blocked in a collective, where Python cannot
     run its handler: a thread woken by the signal stops the children, which ends the collective.
@@ -200,7 +200,7 @@ class _InterruptStopper:
     C-level handler write the signal number to a pipe, which wakes a thread here. If the main
     thread has not started handling the ``KeyboardInterrupt`` within a moment, the thread stops
     the children, which fails the collective (its peers are gone), so that the main thread runs
-    Python again and raises. If it is still stuck at the same place after :data:`FAILURE_GRACE_S`,
+    Python again and raises. If it is still stuck at the same place after `FAILURE_GRACE_S`,
     the process exits.
     Only the default SIGINT handler is served this way, and only when no one else uses the wakeup fd.
     """

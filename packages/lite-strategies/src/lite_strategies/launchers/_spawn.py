@@ -44,7 +44,7 @@ MAIN_GUARD_MESSAGE = dedent(
 
 
 def check_start_method(start_method: str) -> None:
-    """Raise :class:`StrategyError` if ``start_method`` is unknown or not available on this platform."""
+    """Raise [`StrategyError`][lite_strategies.StrategyError] if ``start_method`` is unknown or not available on this platform."""
     if start_method not in START_METHODS:
         raise StrategyError(f"start_method {start_method!r} is not one of {list(START_METHODS)}")
     if start_method not in mp.get_all_start_methods():
@@ -60,9 +60,9 @@ class SpawnLauncher:
     The processes are started by ``torch.multiprocessing.start_processes`` and watched through
     its ``ProcessContext``. Rank 0's value comes back through a file written with ``torch.save``
     (tensors copied out of shared memory), so it survives the child exiting. An exception in
-    any rank stops the others and is raised here as :class:`ProcessFailedError` with that rank's
+    any rank stops the others and is raised here as [`ProcessFailedError`][lite_strategies.ProcessFailedError] with that rank's
     traceback (its ``__cause__`` is the original exception when it could be pickled); when
-    several ranks fail, the one that caused it is named (see :func:`join_processes`). When the
+    several ranks fail, the one that caused it is named (see `join_processes`). When the
     cluster environment creates the processes (torchrun, SLURM, MPI) the function runs in this
     process instead.
     """

@@ -28,7 +28,7 @@ class XLALauncher:
     starts one process per device on this host (all of them: torch_xla takes no other count).
     Each process calls ``strategy.setup_environment()`` before the function. The caller gets
     the value of local rank 0 with its tensors moved to the CPU; an exception in a started
-    process comes back as :class:`ProcessFailedError` with that rank's traceback (in this
+    process comes back as [`ProcessFailedError`][lite_strategies.ProcessFailedError] with that rank's traceback (in this
     process, the exception itself).
     """
 
