@@ -147,9 +147,9 @@ FAILS = [
     Fail("cpu",      "ddp_spawn",      32,           [1, 4],  "no device indices"),
     Fail("cpu",      "ddp_fork",       32,           "1, 4",  "no device indices"),
     # Backends that do not run on the CPU or are not installed here.
-    Fail("cpu",      "deepspeed",      32,           2,       r"pip install 'lite-strategies\[deepspeed\]'"),
-    Fail("cpu",      "ddp_sharded",    32,           2,       r"pip install 'lite-strategies\[fairscale\]'"),
-    Fail("cpu",      "ddp_sharded_spawn", 32,        2,       r"pip install 'lite-strategies\[fairscale\]'"),
+    Fail("cpu",      "deepspeed",      32,           2,       r"pip install 'deepspeed>=0\.14'"),
+    Fail("cpu",      "ddp_sharded",    32,           2,       r"pip install 'fairscale>=0\.4\.13'"),
+    Fail("cpu",      "ddp_sharded_spawn", 32,        2,       r"pip install 'fairscale>=0\.4\.13'"),
     Fail("cpu",      "tpu_spawn",      32,           2,       "cannot run on accelerator 'cpu'"),
     # Names nobody knows.
     Fail("cpu",      "horovod",        32,           2,       "unknown strategy 'horovod'"),

@@ -102,7 +102,10 @@ def test_tensorboard_logger_needs_tensorboard(tmp_path: Path) -> None:
     try:
         import tensorboard  # noqa: F401
     except ModuleNotFoundError:
-        with pytest.raises(ModuleNotFoundError, match=r"pip install 'lite-facade\[tensorboard\]'"):
+        with pytest.raises(
+            ModuleNotFoundError,
+            match=r"pip install 'tensorboard>=2\.9' \(what the extra lite-facade\[tensorboard\] installs\)",
+        ):
             TensorBoardLogger(tmp_path)
         return
     logger = TensorBoardLogger(tmp_path)

@@ -73,8 +73,16 @@ def test_selected_gpu_indices_are_kept() -> None:
         ({"precision": "fp8"}, CPU_ONLY, ["'fp8'", "bf16-mixed"]),
         ({"num_nodes": 0}, CPU_ONLY, ["num_nodes=0", ">= 1"]),
         ({"num_nodes": "2"}, CPU_ONLY, ["num_nodes='2'"]),
-        ({"strategy": "deepspeed"}, CPU_ONLY, ["deepspeed", "pip install 'lite-strategies[deepspeed]'"]),
-        ({"strategy": "ddp_sharded"}, CPU_ONLY, ["fairscale", "lite-strategies[fairscale]"]),
+        (
+            {"strategy": "deepspeed"},
+            CPU_ONLY,
+            ["pip install 'deepspeed>=0.14'", "lite-strategies[deepspeed]"],
+        ),
+        (
+            {"strategy": "ddp_sharded"},
+            CPU_ONLY,
+            ["pip install 'fairscale>=0.4.13'", "lite-strategies[fairscale]"],
+        ),
         (
             {"strategy": "single_device", "accelerator": "cpu", "devices": 2},
             CPU_ONLY,

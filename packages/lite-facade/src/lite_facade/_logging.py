@@ -114,7 +114,8 @@ class TensorBoardLogger:
         except ModuleNotFoundError as err:
             raise ModuleNotFoundError(
                 "TensorBoardLogger needs the tensorboard package, which is not installed: "
-                "pip install 'lite-facade[tensorboard]' (or use the built-in CSVLogger)"
+                "pip install 'tensorboard>=2.9' (what the extra lite-facade[tensorboard] installs), "
+                "or use the built-in CSVLogger"
             ) from err
         self.root_dir = Path(root_dir)
         self.name = name

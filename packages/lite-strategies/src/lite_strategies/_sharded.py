@@ -54,7 +54,7 @@ def _backend() -> SimpleNamespace:
     except ImportError as exc:
         raise StrategyError(
             f"strategy 'ddp_sharded' needs fairscale, which could not be imported ({exc}): "
-            "pip install 'lite-strategies[fairscale]'"
+            "pip install 'fairscale>=0.4.13' (what the extra lite-strategies[fairscale] installs)"
         ) from exc
 
     class LiteOSS(OSS):

@@ -136,7 +136,7 @@ class StrategySpec:
         """
         if self.requires is None:
             return None
-        install = f"pip install 'lite-strategies[{self.extra}]'"
+        install = self._install_hint()
         if importlib.util.find_spec(self.requires) is None:
             return f"strategy {self.name!r} needs {self.requirement!r}, which is not installed: {install}"
         if self.min_version is None:
@@ -153,6 +153,11 @@ class StrategySpec:
         if too_old:
             return f"strategy {self.name!r} needs {self.requirement!r}, but {dist} {found} is installed: {install}"
         return None
+
+    def _install_hint(self) -> str:
+        """The command that installs the backend: the third-party package itself, which works from a
+        checkout as well as once lite is on the package index (where the extra pulls the same in)."""
+        return f"pip install '{self.requirement}' (what the extra lite-strategies[{self.extra}] installs)"
 
     def is_available(self) -> bool:
         """Whether the optional backend this row needs (if any) is installed and new enough; imports nothing."""
@@ -203,8 +208,7 @@ class StrategySpec:
                     found.append(problem)
             elif self.requires not in installed:
                 found.append(
-                    f"strategy {name} needs {self.requirement!r}, which is not installed: "
-                    f"pip install 'lite-strategies[{self.extra}]'"
+                    f"strategy {name} needs {self.requirement!r}, which is not installed: {self._install_hint()}"
                 )
         if self.max_devices is not None and num_devices > self.max_devices:
             found.append(
