@@ -1,7 +1,7 @@
 """Loggers for ``LightningLite(loggers=...)`` / ``self.log``, and the rank-zero progress bar.
 
 - [`CSVLogger`][lite_facade.CSVLogger] (built in): one ``metrics.csv`` with a ``step`` column and a column per name.
-- [`TensorBoardLogger`][lite_facade.TensorBoardLogger]: event files for TensorBoard; needs ``pip install 'lite-facade[tensorboard]'``.
+- [`TensorBoardLogger`][lite_facade.TensorBoardLogger]: event files for TensorBoard; needs ``pip install 'tensorboard>=2.9'`` (the ``[tensorboard]`` extra).
 - Anything with ``log_metrics(metrics, step)`` (and optionally ``finalize()``) is a logger too.
 
 Loggers are written to on global rank 0 only; ``LightningLite.log`` does the rest (tensors to
@@ -99,7 +99,7 @@ class CSVLogger:
 class TensorBoardLogger:
     """Write the logged values as TensorBoard scalars under ``<root_dir>/<name>/version_<n>``.
 
-    Needs the ``tensorboard`` package (``pip install 'lite-facade[tensorboard]'``); without it the
+    Needs the ``tensorboard`` package (``pip install 'tensorboard>=2.9'``, what the extra ``lite-facade[tensorboard]`` installs); without it the
     constructor raises ``ModuleNotFoundError`` saying so. View with ``tensorboard --logdir <root_dir>``.
     """
 

@@ -2,7 +2,7 @@
 
 A path is either local (a plain path, or a ``file://`` URL) or a URL of another filesystem
 (``memory://``, ``s3://``, ``gs://``, ...). Local files are written atomically; URLs go through
-fsspec, an optional dependency (``pip install 'lite-strategies[fsspec]'``), and never become a
+fsspec, an optional dependency (``pip install fsspec``, the extra ``lite-strategies[fsspec]``), and never become a
 local directory named after the URL.
 """
 

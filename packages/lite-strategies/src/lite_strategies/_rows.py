@@ -150,6 +150,7 @@ ROWS = (
         precisions=("32-true", "bf16-true"),
         precision_note="bf16-true keeps the weights in bfloat16, as TPUs compute natively",
         requires="torch_xla",
+        min_version="2.1",  # the floor of the [xla] extra
         extra="xla",
         description="torch_xla on TPU cores (XLA:CPU with PJRT_DEVICE=CPU), processes started by torch_xla's launcher.",
     ),
