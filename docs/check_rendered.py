@@ -36,11 +36,14 @@ DOCTEST_AS_QUOTES = re.compile(r"<blockquote>\s*<blockquote>\s*<blockquote>")
 # a Python line in a paragraph (not in a code block): an example without a fence or Examples section
 PARAGRAPH = re.compile(r"<p>(.*?)</p>", re.DOTALL)
 CODE_LINE = re.compile(
-    r"^\s*(?:from [\w.]+ import \w+|import [\w.]+\s*$|def \w+\(.*\):|class \w+(?:\(.*\))?:)", re.MULTILINE
+    r"^\s*(?:from [\w.]+ import \w+|import [\w.]+\s*$|def \w+\(.*\):|class \w+(?:\(.*\))?:)",
+    re.MULTILINE,
 )
 INLINE_CODE = re.compile(r"<code>.*?</code>", re.DOTALL)
 # text Markdown leaves alone: code blocks, scripts, styles
-VERBATIM = re.compile(r"<(pre|script|style)\b.*?</\1>", re.DOTALL | re.IGNORECASE)
+VERBATIM = re.compile(
+    r"<(pre|script|style)\b.*?</\1>", re.DOTALL | re.IGNORECASE
+)
 
 CHECKS = [
     ("Sphinx role", ROLE),
@@ -72,7 +75,12 @@ def problems(page: str) -> list[tuple[str, str]]:
         line = CODE_LINE.search(prose)
         if line:
             start = paragraph.start(1) + line.start()
-            found.append(("code rendered as prose", _snippet(text, start, start + len(line.group(0)))))
+            found.append(
+                (
+                    "code rendered as prose",
+                    _snippet(text, start, start + len(line.group(0))),
+                )
+            )
     return found
 
 
@@ -85,15 +93,23 @@ def reference_problems(package: str, page: str) -> list[str]:
     try:
         public = set(importlib.import_module(package).__all__)
     except ImportError as error:
-        return [f"cannot import {package} to compare the page with its __all__: {error}"]
+        return [
+            f"cannot import {package} to compare the page with its __all__: {error}"
+        ]
     prefix = package + "."
     shown = {
         name[len(prefix) :]
         for name in HEADING_ID.findall(page)
         if name.startswith(prefix) and "." not in name[len(prefix) :]
     }
-    found = [f"{name} is in {package}.__all__ but not on the page" for name in sorted(public - shown)]
-    found += [f"{name} is on the page but not in {package}.__all__" for name in sorted(shown - public)]
+    found = [
+        f"{name} is in {package}.__all__ but not on the page"
+        for name in sorted(public - shown)
+    ]
+    found += [
+        f"{name} is on the page but not in {package}.__all__"
+        for name in sorted(shown - public)
+    ]
     return found
 
 
@@ -109,13 +125,17 @@ def main(argv: list[str]) -> int:
             count += 1
             print(f"{path.relative_to(site)}: {kind}: ...{snippet}...")
     for page in sorted((site / "reference").glob("*/index.html")):
-        for problem in reference_problems(page.parent.name, page.read_text(encoding="utf-8")):
+        for problem in reference_problems(
+            page.parent.name, page.read_text(encoding="utf-8")
+        ):
             count += 1
             print(f"{page.relative_to(site)}: {problem}")
     if count:
         print(f"{count} problem(s) in {site}", file=sys.stderr)
         return 1
-    print(f"no raw reST markup in the {len(pages)} pages of {site}; the reference pages match __all__")
+    print(
+        f"no raw reST markup in the {len(pages)} pages of {site}; the reference pages match __all__"
+    )
     return 0
 
 
