@@ -69,7 +69,7 @@ def bars(ax: Any, groups: list[str], series: dict[str, list[float | None]], fmt:
         if not shown:
             continue
         rects = ax.bar([x for x, _ in shown], [v for _, v in shown], width * 0.92, label=label, color=colour)
-        ax.bar_label(rects, [fmt.format(v) for _, v in shown], fontsize=8, padding=2)
+        ax.bar_label(rects, [fmt.format(v) for _, v in shown], fontsize=7.5, padding=2)
     ax.set_xticks(range(len(groups)), groups)
 
 
@@ -81,7 +81,7 @@ def overhead(value: float, base: float) -> float:
 def step_overhead(results: dict[str, Any], out: Path) -> None:
     names = measured(results)
     fig, (one, two) = plt.subplots(
-        1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [2, 1]}, sharey=True, layout="constrained"
+        1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [2, 1]}, sharey=True, layout="constrained"
     )
     rows = results["steps"]
     groups = [f"{r['size']}\n{r['precision']}" for r in rows]

@@ -90,7 +90,15 @@ def main() -> None:
         default="all",
         help="'all' (those that import, the default), 'none', or a list of " + ",".join(PEERS),
     )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite --out from --json-out (an earlier run) without measuring",
+    )
     args = parser.parse_args()
+    if args.render_only:
+        Path(args.out).write_text(render(json.loads(Path(args.json_out).read_text())))
+        return
     q = args.quick
     wanted = list(PEERS) if args.peers == "all" else [] if args.peers == "none" else args.peers.split(",")
     found = probe(wanted)
@@ -277,6 +285,16 @@ def render(r: dict[str, Any]) -> str:
             f"| {row['start_method']} | {row['torch'] * 1e6:.1f} | {with_ratio(row['lite'], row['torch'], 1e6)} | "
             f"{verdict(row['lite'] / row['torch_same_process'], 1.02)} | " + " | ".join(cells) + " |"
         )
+    failures = [
+        f"`ddp_{row['start_method']}`: {err}" for row in r["ddp"] for err in row.get("peer_errors", [])
+    ]
+    if failures:
+        lines += [
+            "",
+            "Peer pairs that failed in this run (their medians are over the rounds that did not):",
+            "",
+            *(f"- {text}" for text in failures),
+        ]
     lines += [
         "",
         "## Start-up",
