@@ -6,7 +6,9 @@ The state is a 12.6M-parameter MLP (50 MB of float32) and its SGD-with-momentum 
 50 MB). ``LightningLite.save`` writes atomically (temporary file in the same directory, then
 ``os.replace``), against plain ``torch.save``; lite with ``TorchCheckpointIO(fsync=True)`` (a disk
 flush before the rename) is compared with ``torch.save`` followed by an fsync. Each round runs every variant once, in
-turn; medians are reported. The files go to ``--dir`` (default: a temporary directory).
+turn; medians are reported. The files go to ``--dir`` (default: a temporary directory). With
+``--peers``, Lightning Fabric's ``save``/``load``, LightningLite 1.8's and Accelerate's ``save`` and
+``save_state``/``load_state`` (a directory) join the rounds (see _peers.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _peers import parse as parse_peers
 from torch import nn
 
 from lite_facade import LightningLite
@@ -49,7 +52,45 @@ def torch_save_fsync(obj: Any, path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def bench(rounds: int, directory: Path) -> dict[str, Any]:
+def peer_calls(
+    peers: list[str], model: nn.Module, opt: torch.optim.Optimizer, path: Path, directory: Path
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable[[], Any]]]:
+    """Each peer's own save and load of the same state (bench/_peers.py): ``(saves, loads)``."""
+    saves: dict[str, Callable[[], Any]] = {}
+    loads: dict[str, Callable[[], Any]] = {}
+    if "fabric" in peers:
+        from _peers import fabric_class
+
+        fabric = fabric_class()(accelerator="cpu", devices=1)
+        saves["fabric.save"] = lambda: fabric.save(path, {"model": model, "optimizer": opt})
+        loads["fabric.load"] = lambda: fabric.load(path)
+    if "ll18" in peers:
+        from _ll18 import Idle
+
+        ll = Idle(accelerator="cpu", devices=1)
+        # LightningLite 1.8 pickles what it is given: its users pass state_dicts
+        saves["ll18.save"] = lambda: ll.save(
+            {"model": model.state_dict(), "optimizer": opt.state_dict()}, path
+        )
+        loads["ll18.load"] = lambda: ll.load(path)
+    if "accelerate" in peers:
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
+        acc = Accelerator(cpu=True)
+        acc.prepare(model, opt)  # registers them for save_state/load_state
+        state_dir = directory / "accelerate_state"
+        saves["accelerate.save"] = lambda: acc.save(
+            {"model": model.state_dict(), "optimizer": opt.state_dict()}, path, safe_serialization=False
+        )
+        # Accelerate has no one-file load: its checkpoint API is save_state/load_state on a directory
+        saves["accelerate.save_state"] = lambda: acc.save_state(str(state_dir), safe_serialization=False)
+        loads["accelerate.load_state"] = lambda: acc.load_state(str(state_dir))
+    return saves, loads
+
+
+def bench(rounds: int, directory: Path, peers: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     model, opt = state()
     lite, lite_fsync = (
         _Lite(accelerator="cpu"),
@@ -70,6 +111,9 @@ def bench(rounds: int, directory: Path) -> dict[str, Any]:
         "torch.load": lambda: torch.load(path, weights_only=True),
         "lite.load": lambda: lite.load(path),
     }
+    peer_saves, peer_loads = peer_calls(list(peers), model, opt, path, directory)
+    saves.update(peer_saves)
+    loads.update(peer_loads)
     torch.save(plain, path)
     size_mb = path.stat().st_size / 2**20
     times: dict[str, list[float]] = {name: [] for name in [*saves, *loads]}
@@ -89,9 +133,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--dir")
     parser.add_argument("--json")
+    parser.add_argument(
+        "--peers", default="none", help="fabric,ll18,accelerate; 'all' (those installed); 'none'"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        result = bench(args.rounds, Path(tmp))
+        result = bench(args.rounds, Path(tmp), parse_peers(args.peers))
     med = result["median_s"]
     print(f"checkpoint: {result['size_mb']:.0f} MB\n| operation | median (s) |\n|---|---:|")
     for name, value in med.items():

@@ -14,7 +14,9 @@ per-call overhead shows most. Variants:
   fixed 1 KiB header that carries the check, so it is one collective too);
 - lite, same_shapes=True: ``all_gather`` told the shapes match (no check, raw torch's gather);
 - lite, unwatched: the same calls on a sub-group of all ranks, which the watchdog does not
-  watch: the difference to "lite" is the watchdog's fast-path cost.
+  watch: the difference to "lite" is the watchdog's fast-path cost;
+- with ``--peers``: Lightning Fabric's, LightningLite 1.8's and Accelerate's calls (those installed;
+  see _peers.py) on the same process group, all_reduce on a clone as raw.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _peers import collective_variants
+from _peers import parse as parse_peers
 
 import lite_collectives as lc
 
@@ -71,7 +75,15 @@ def _variants(world: int, sub: Any) -> dict[str, dict[str, Any]]:
     }
 
 
-def _rank(rank: int, world: int, port: int, rounds: int, calls: int, queue: Any) -> None:
+def _rank(
+    rank: int,
+    world: int,
+    port: int,
+    rounds: int,
+    calls: int,
+    queue: Any,
+    peers: list[str] = (),  # type: ignore[assignment]
+) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -83,7 +95,10 @@ def _rank(rank: int, world: int, port: int, rounds: int, calls: int, queue: Any)
     lc.init_process_group(timeout=120)
     sub = dist.new_group(list(range(world)))
     results: dict[str, dict[str, float]] = {}
-    for op, variants in _variants(world, sub).items():
+    ops = _variants(world, sub)
+    for op, extra in collective_variants(list(peers), world).items():  # peers (bench/_peers.py), if any
+        ops[op].update(extra)
+    for op, variants in ops.items():
         names = list(variants)
         for fn in variants.values():  # warm up
             for _ in range(20):
@@ -109,13 +124,21 @@ def _rank(rank: int, world: int, port: int, rounds: int, calls: int, queue: Any)
     lc.destroy_process_group()
 
 
-def measure(rounds: int, calls: int, world: int = 2) -> dict[str, dict[str, float]]:
+def measure(
+    rounds: int,
+    calls: int,
+    world: int = 2,
+    peers: list[str] = (),  # type: ignore[assignment]
+) -> dict[str, dict[str, float]]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [ctx.Process(target=_rank, args=(r, world, port, rounds, calls, queue)) for r in range(world)]
+    procs = [
+        ctx.Process(target=_rank, args=(r, world, port, rounds, calls, queue, list(peers)))
+        for r in range(world)
+    ]
     for p in procs:
         p.start()
     results = queue.get(timeout=900)
@@ -145,8 +168,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--json", type=str, default=None)
+    parser.add_argument(
+        "--peers", default="none", help="fabric,ll18,accelerate; 'all' (those installed); 'none'"
+    )
     args = parser.parse_args()
-    results = measure(args.rounds, args.calls)
+    results = measure(args.rounds, args.calls, peers=parse_peers(args.peers))
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -10,6 +10,9 @@ its first DDP training step (2 CPU processes), for LightningLite's ``ddp`` (re-r
 ``ddp_spawn`` and ``ddp_fork``, against plain torch scripts doing the same with
 ``torch.multiprocessing`` (spawn, fork) and with ``torchrun``; and the ``lite run`` console script
 (``python -m lite_facade run --accelerator cpu --devices 2 lite.py``, torchrun inside) against torchrun.
+With ``--peers``: the import of Lightning Fabric, LightningLite 1.8 and Accelerate (those installed),
+and each one's launch of the same kind (Fabric and LightningLite 1.8: ``ddp``, ``ddp_spawn``,
+``ddp_fork``; Accelerate: ``notebook_launcher`` (fork) and ``accelerate launch``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _peers import parse as parse_peers
+
+PEER_IMPORTS = {
+    "fabric": ("lightning_fabric", "from lightning_fabric import Fabric"),
+    "ll18": ("lightning_lite", "from lightning_lite import LightningLite"),
+    "accelerate": ("accelerate", "from accelerate import Accelerator"),
+}
 
 IMPORTS = {
     "torch": "import torch",
@@ -68,6 +79,61 @@ class Lite(LightningLite):
 
 if __name__ == "__main__":
     Lite(accelerator="cpu", strategy=sys.argv[1], devices=2).run()
+"""
+)
+
+FABRIC_SCRIPT = (
+    _STEP
+    + """
+from _fabric import Fabric
+
+def train(fabric):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+    model, opt = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    os.environ["RANK"] = str(fabric.global_rank)
+    first_step(model, opt, fabric.backward)
+
+if __name__ == "__main__":
+    Fabric(accelerator="cpu", strategy=sys.argv[1], devices=2).launch(train)
+"""
+)
+
+# the standalone package, or the `lightning` umbrella one
+FABRIC_IMPORT = """try:
+    from lightning_fabric import Fabric
+except ImportError:
+    from lightning.fabric import Fabric
+"""
+
+# the same script on LightningLite 1.8, whose spawned processes have no RANK variable: set it for each
+LL18_SCRIPT = LITE_SCRIPT.replace(
+    "from lite_facade import LightningLite", "from lightning_lite import LightningLite"
+).replace(
+    'if self.global_rank == 0:\n            os.environ["RANK"] = "0"',
+    'os.environ["RANK"] = str(self.global_rank)',
+)
+
+ACCELERATE_SCRIPT = (
+    _STEP
+    + """
+from accelerate import Accelerator, notebook_launcher
+
+def train():
+    torch.set_num_threads(1)
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+    model, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    os.environ["RANK"] = str(acc.process_index)
+    first_step(model, opt, acc.backward)
+
+if __name__ == "__main__":
+    if sys.argv[1] == "fork":  # in-process: torch elastic with fork
+        notebook_launcher(train, num_processes=2, use_port=sys.argv[2])
+    else:  # under `accelerate launch`
+        train()
 """
 )
 
@@ -124,20 +190,21 @@ def increment(code: str) -> float:
     )
 
 
-def imports(repeats: int) -> dict[str, dict[str, float]]:
-    times: dict[str, list[float]] = {name: [] for name in IMPORTS}
-    inside: dict[str, list[float]] = {name: [] for name in IMPORTS}
+def imports(repeats: int, peers: list[str] = ()) -> dict[str, dict[str, float]]:  # type: ignore[assignment]
+    statements = {**IMPORTS, **{PEER_IMPORTS[p][0]: PEER_IMPORTS[p][1] for p in peers}}
+    times: dict[str, list[float]] = {name: [] for name in statements}
+    inside: dict[str, list[float]] = {name: [] for name in statements}
     # Warm the file cache, and compile each module's bytecode as `pip install` does: a machine
     # with PYTHONDONTWRITEBYTECODE set (or a fresh editable install) would otherwise compile every
     # module from source on every import and time that instead.
-    for code in IMPORTS.values():
+    for code in statements.values():
         subprocess.run(
             [sys.executable, "-c", code],
             check=True,
             env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
         )
     for _ in range(repeats):
-        for name, code in IMPORTS.items():
+        for name, code in statements.items():
             times[name].append(wall(code))
             inside[name].append(increment(code) if name != "torch" else 0.0)
     torch_median = statistics.median(times["torch"])
@@ -172,12 +239,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launches(repeats: int, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def launches(repeats: int, only: list[str] | None = None, peers: list[str] = ()) -> dict[str, dict[str, Any]]:  # type: ignore[assignment]
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in (
             ("lite.py", LITE_SCRIPT),
             ("torch_mp.py", TORCH_MP_SCRIPT),
             ("torchrun.py", TORCHRUN_SCRIPT),
+            ("fabric.py", FABRIC_SCRIPT),
+            ("_fabric.py", FABRIC_IMPORT),
+            ("ll18.py", LL18_SCRIPT),
+            ("acc.py", ACCELERATE_SCRIPT),
         ):
             Path(tmp, name).write_text(text)
         py = sys.executable
@@ -190,30 +261,59 @@ def launches(repeats: int, only: list[str] | None = None) -> dict[str, dict[str,
             "--master_port",
             str(_free_port()),
         ]
+        accelerate_launch = [py, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+        accelerate_launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        accelerate_launch += ["--main_process_port", str(_free_port()), "acc.py", "launch"]
         cases = {
-            # lite name: (lite command, baseline name, baseline command)
-            "ddp": ([py, "lite.py", "ddp"], "torchrun", [*torchrun, "torchrun.py"]),
-            "ddp_spawn": ([py, "lite.py", "ddp_spawn"], "torch mp spawn", [py, "torch_mp.py", "spawn"]),
-            "ddp_fork": ([py, "lite.py", "ddp_fork"], "torch mp fork", [py, "torch_mp.py", "fork"]),
-            # the `lite` console script (torchrun inside) against plain torchrun on the same kind of script
+            # lite name: (lite command, baseline name, baseline command, {peer: the peer's same launch})
+            "ddp": (
+                [py, "lite.py", "ddp"],
+                "torchrun",
+                [*torchrun, "torchrun.py"],
+                {"fabric": [py, "fabric.py", "ddp"], "ll18": [py, "ll18.py", "ddp"]},
+            ),
+            "ddp_spawn": (
+                [py, "lite.py", "ddp_spawn"],
+                "torch mp spawn",
+                [py, "torch_mp.py", "spawn"],
+                {"fabric": [py, "fabric.py", "ddp_spawn"], "ll18": [py, "ll18.py", "ddp_spawn"]},
+            ),
+            "ddp_fork": (
+                [py, "lite.py", "ddp_fork"],
+                "torch mp fork",
+                [py, "torch_mp.py", "fork"],
+                {
+                    "fabric": [py, "fabric.py", "ddp_fork"],
+                    "ll18": [py, "ll18.py", "ddp_fork"],
+                    "accelerate": [py, "acc.py", "fork", str(_free_port())],
+                },
+            ),
+            # the `lite` console script (torchrun inside) against plain torchrun on the same kind of
+            # script; `accelerate launch` is Accelerate's launcher of that kind
             "lite run (ddp)": (
                 [py, "-m", "lite_facade", "run", "--accelerator", "cpu", "--devices", "2", "lite.py", "ddp"],
                 "torchrun",
                 [*torchrun, "torchrun.py"],
+                {"accelerate": accelerate_launch},
             ),
         }
         if only:
             cases = {name: case for name, case in cases.items() if name in only}
-        times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in cases}
+        times: dict[str, dict[str, list[float]]] = {name: {} for name in cases}
         for _ in range(repeats):
-            for name, (lite_cmd, _, base_cmd) in cases.items():
-                times[name][1].append(to_first_step(base_cmd, tmp))
-                times[name][0].append(to_first_step(lite_cmd, tmp))
+            for name, (lite_cmd, _, base_cmd, peer_cmds) in cases.items():
+                runs = {"baseline": base_cmd, "lite": lite_cmd}
+                runs.update({peer: cmd for peer, cmd in peer_cmds.items() if peer in peers})
+                for who, cmd in runs.items():
+                    times[name].setdefault(who, []).append(to_first_step(cmd, tmp))
     return {
         name: {
             "baseline": cases[name][1],
-            "lite_s": statistics.median(times[name][0]),
-            "baseline_s": statistics.median(times[name][1]),
+            "lite_s": statistics.median(times[name]["lite"]),
+            "baseline_s": statistics.median(times[name]["baseline"]),
+            "peers": {
+                who: statistics.median(v) for who, v in times[name].items() if who not in ("lite", "baseline")
+            },
         }
         for name in cases
     }
@@ -228,10 +328,14 @@ def main() -> None:
     parser.add_argument(
         "--only", action="append", help="run only this launch case (repeatable), e.g. 'lite run (ddp)'"
     )
+    parser.add_argument(
+        "--peers", default="none", help="fabric,ll18,accelerate; 'all' (those installed); 'none'"
+    )
     args = parser.parse_args()
+    peers = parse_peers(args.peers)
     result = {
-        "imports": {} if args.launch_only else imports(args.repeats),
-        "launch": launches(args.launch_repeats, args.only),
+        "imports": {} if args.launch_only else imports(args.repeats, peers),
+        "launch": launches(args.launch_repeats, args.only, peers),
     }
     print(
         "| import | median (s) | over `import torch` (s) | after torch, in-process (s) |\n|---|---:|---:|---:|"

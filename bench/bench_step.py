@@ -1,6 +1,6 @@
 """Per-step overhead of LightningLite against the same loop in raw PyTorch (and peers, if installed).
 
-    python bench/bench_step.py [--device cpu|cuda] [--steps 300] [--rounds 7] [--peers] [--json out.json]
+    python bench/bench_step.py [--device cpu|cuda] [--steps 300] [--rounds 7] [--peers all] [--json out.json]
     python bench/bench_step.py --memory tiny,32-true,lite      # one runner alone: its peak RSS
     python bench/bench_step.py --ddp spawn --rounds 3           # 2 processes: torch DDP vs lite ddp_spawn
 
@@ -9,7 +9,8 @@ data and optimizer; the table reports the median step time of each runner and it
 PyTorch. Two processes: each round launches a raw torch DDP pair (``torch.multiprocessing`` with
 the same start method) and then a LightningLite ``ddp_<method>`` pair; each pair times its own
 steps (median of chunks), and the lite pair also times a raw DDP loop in its own processes, so
-the same-process ratio has no launch-to-launch noise.
+the same-process ratio has no launch-to-launch noise. ``--peers`` adds Lightning Fabric,
+LightningLite 1.8 and Accelerate (those installed; see _peers.py) to both, each with its own launcher.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _peers import parse as parse_peers
 from torch import nn
 
 # in, hidden, out, batch. The medium model stays small enough for bf16, which this kind of CPU
@@ -90,41 +92,53 @@ def lite_runner(size: str, device: torch.device, precision: str) -> Callable[[in
     return Bench(accelerator=device.type, devices=1, precision=precision).run()
 
 
-def fabric_runner(size: str, device: torch.device, precision: str) -> Callable[[int], None]:
-    from lightning.fabric import Fabric
-
-    fabric = Fabric(
-        accelerator=device.type, devices=1, precision="bf16-mixed" if precision == "bf16-mixed" else "32-true"
-    )
-    model, opt, x, y = make(size, device)
-    model, opt = fabric.setup(model, opt)
-
+def _peer_loop(
+    model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor, backward: Any
+) -> Callable[[int], None]:
     def steps(n: int) -> None:
         for _ in range(n):
             opt.zero_grad()
-            fabric.backward(nn.functional.mse_loss(model(x), y))
+            backward(nn.functional.mse_loss(model(x), y))
             opt.step()
 
     return steps
+
+
+def fabric_runner(size: str, device: torch.device, precision: str) -> Callable[[int], None]:
+    from _peers import fabric_class
+
+    fabric = fabric_class()(accelerator=device.type, devices=1, precision=precision)
+    model, opt, x, y = make(size, device)
+    model, opt = fabric.setup(model, opt)
+    return _peer_loop(model, opt, x, y, fabric.backward)
+
+
+def ll18_runner(size: str, device: torch.device, precision: str) -> Callable[[int], None]:
+    from _peers import ll18_precision
+    from lightning_lite import LightningLite
+
+    class Bench(LightningLite):
+        def run(self) -> Callable[[int], None]:
+            model, opt, x, y = make(size, device)
+            model, opt = self.setup(model, opt)
+            return _peer_loop(model, opt, x, y, self.backward)
+
+    return Bench(accelerator=device.type, devices=1, precision=ll18_precision(precision)).run()
 
 
 def accelerate_runner(size: str, device: torch.device, precision: str) -> Callable[[int], None]:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state()  # one state per process: this runner's precision replaces the last one's
     acc = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if precision == "bf16-mixed" else "no")
     model, opt, x, y = make(size, device)
     model, opt = acc.prepare(model, opt)
-
-    def steps(n: int) -> None:
-        for _ in range(n):
-            opt.zero_grad()
-            acc.backward(nn.functional.mse_loss(model(x), y))
-            opt.step()
-
-    return steps
+    return _peer_loop(model, opt, x, y, acc.backward)
 
 
 RUNNERS = {"torch": raw_runner, "lite": lite_runner}
+PEER_RUNNERS = {"fabric": fabric_runner, "ll18": ll18_runner, "accelerate": accelerate_runner}
 
 
 def sync(device: torch.device) -> None:
@@ -158,7 +172,7 @@ def steps_for(size: str, steps: int) -> int:
 def peak_memory(spec: str, steps: int) -> dict[str, Any]:
     """Run one runner alone in this (fresh) process; report its peak RSS (``ru_maxrss``, whole process)."""
     size, precision, runner = spec.split(",")
-    run = RUNNERS[runner](size, torch.device("cpu"), precision)
+    run = {**RUNNERS, **PEER_RUNNERS}[runner](size, torch.device("cpu"), precision)
     run(steps_for(size, steps))
     return {
         "size": size,
@@ -221,16 +235,56 @@ def lite_ddp_pair(start_method: str, size: str, n: int, chunks: int) -> dict[str
     return DDPBench(accelerator="cpu", strategy=f"ddp_{start_method}", devices=2).run(size, n, chunks)
 
 
-def ddp(start_method: str, size: str, rounds: int, steps: int) -> dict[str, Any]:
+def peer_ddp_pair(peer: str, start_method: str, size: str, n: int, chunks: int) -> dict[str, float] | None:
+    """A peer's pair with its own in-process launcher; None where it has none for ``start_method``."""
+    import _peers
+
+    if peer == "fabric":
+        return _peers.fabric_ddp_pair(start_method, size, n, chunks)
+    if peer == "ll18":
+        return _peers.ll18_ddp_pair(start_method, size, n, chunks)
+    if peer == "accelerate" and start_method == "fork":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return _peers.accelerate_ddp_pair(start_method, size, n, chunks, port)
+    return None
+
+
+def ddp(start_method: str, size: str, rounds: int, steps: int, peers: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     n, chunks = steps_for(size, steps) // 2, 6
     torch_times, lite_times, same = [], [], []
-    for _ in range(rounds):  # A B A B: one torch pair, one lite pair
+    peer_times: dict[str, list[float]] = {}
+    peer_same: dict[str, list[float]] = {}
+    errors: list[str] = []
+    for _ in range(rounds):  # A B C ...: one torch pair, one lite pair, one pair of each peer
         torch_times.append(torch_ddp_pair(start_method, size, n, chunks))
         result = lite_ddp_pair(start_method, size, n, chunks)
         lite_times.append(result["lite"])
         same.append(result["torch_same_process"])
+        for peer in peers:
+            try:
+                got = peer_ddp_pair(peer, start_method, size, n, chunks)
+            except Exception as err:  # a peer's failed launch leaves a gap, not a failed run
+                print(f"{peer} ddp_{start_method} pair failed: {err!r}", flush=True)
+                errors.append(f"{peer}: {err!r}")
+                continue
+            if got is not None:
+                peer_times.setdefault(peer, []).append(got["peer"])
+                peer_same.setdefault(peer, []).append(got["torch_same_process"])
     t, lt, s = (statistics.median(v) for v in (torch_times, lite_times, same))
-    return {"start_method": start_method, "size": size, "torch": t, "lite": lt, "torch_same_process": s}
+    return {
+        "start_method": start_method,
+        "size": size,
+        "torch": t,
+        "lite": lt,
+        "torch_same_process": s,
+        "peers": {
+            peer: {"time": statistics.median(v), "torch_same_process": statistics.median(peer_same[peer])}
+            for peer, v in peer_times.items()
+        },
+        "peer_errors": errors,
+    }
 
 
 # -- command line -------------------------------------------------------------------------------------
@@ -242,12 +296,8 @@ def one_process(args: argparse.Namespace) -> list[dict[str, Any]]:
     for size in args.sizes.split(","):
         for precision in PRECISIONS:
             runners = {name: factory(size, device, precision) for name, factory in RUNNERS.items()}
-            if args.peers:
-                for name, factory in (("fabric", fabric_runner), ("accelerate", accelerate_runner)):
-                    try:
-                        runners[name] = factory(size, device, precision)
-                    except ImportError:
-                        pass
+            for name in args.peers:
+                runners[name] = PEER_RUNNERS[name](size, device, precision)
             medians = measure(runners, device, steps_for(size, args.steps), args.rounds)
             rows.append({"size": size, "precision": precision, **medians})
     return rows
@@ -260,7 +310,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--sizes", default="tiny,medium")
     parser.add_argument(
-        "--peers", action="store_true", help="also time Lightning Fabric and Accelerate if installed"
+        "--peers",
+        default="none",
+        help="also time these peers: a list of fabric,ll18,accelerate; 'all' (those installed); 'none'",
     )
     parser.add_argument(
         "--memory", metavar="SIZE,PRECISION,RUNNER", help="run one runner alone; report its peak RSS"
@@ -276,13 +328,14 @@ def main() -> None:
         help="torch intra-op threads in one process (1: steady on a shared machine)",
     )
     args = parser.parse_args()
+    args.peers = parse_peers(args.peers)
     torch.set_num_threads(args.threads)
 
     if args.memory:
         result: Any = peak_memory(args.memory, args.steps)
         print(result)
     elif args.ddp:
-        result = [ddp(args.ddp, size, args.rounds, args.steps) for size in args.sizes.split(",")]
+        result = [ddp(args.ddp, size, args.rounds, args.steps, args.peers) for size in args.sizes.split(",")]
         print(
             "| model | start method | torch DDP pair (us) | lite pair (us) | raw DDP inside lite's pair (us) | lite / torch |"
         )
