@@ -142,7 +142,7 @@ def main() -> None:
         peer_arg,
     )
     ckpt = run_json("bench_checkpoint.py", "--rounds", "2" if q else "7", "--peers", peer_arg)
-    collectives = run_json("bench_collectives.py", "--rounds", "3" if q else "21", "--peers", peer_arg)
+    collectives = run_json("bench_collectives.py", "--rounds", "3" if q else "61", "--peers", peer_arg)
     load_after, uptime_after = os.getloadavg(), uptime()
     duration = time.perf_counter() - t0
 
@@ -385,6 +385,7 @@ def render(r: dict[str, Any]) -> str:
         "",
         collectives_doc.split("\n\n", 2)[2].strip(),
         "",
+        *([r["collectives_note"], ""] if r.get("collectives_note") else []),
         collectives_table(r["collectives"]),
         "",
     ]
