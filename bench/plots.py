@@ -69,7 +69,7 @@ def bars(ax: Any, groups: list[str], series: dict[str, list[float | None]], fmt:
         if not shown:
             continue
         rects = ax.bar([x for x, _ in shown], [v for _, v in shown], width * 0.92, label=label, color=colour)
-        ax.bar_label(rects, [fmt.format(v) for _, v in shown], fontsize=7.5, padding=2)
+        ax.bar_label(rects, [fmt.format(v) for _, v in shown], fontsize=8, padding=2)
     ax.set_xticks(range(len(groups)), groups)
 
 
@@ -81,7 +81,7 @@ def overhead(value: float, base: float) -> float:
 def step_overhead(results: dict[str, Any], out: Path) -> None:
     names = measured(results)
     fig, (one, two) = plt.subplots(
-        1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [2, 1]}, sharey=True, layout="constrained"
+        1, 2, figsize=(11, 5.6), gridspec_kw={"width_ratios": [2, 1]}, sharey=True, layout="constrained"
     )
     rows = results["steps"]
     groups = [f"{r['size']}\n{r['precision']}" for r in rows]
@@ -103,14 +103,14 @@ def step_overhead(results: dict[str, Any], out: Path) -> None:
         {n: [same_process(r, n) for r in ddp] for n in names},
         fmt,
     )
-    two.set_title("two processes (DDP, gloo):\nover raw DDP in the same processes")
+    two.set_title("two processes (DDP, gloo),\nover raw DDP")
     for ax in (one, two):
         ax.axhline(0, color="black", linewidth=0.8)
     heights = [bar.get_height() for ax in (one, two) for bar in ax.patches]
     top, bottom = max([*heights, 1.0]), min([*heights, 0.0])
     span = top - bottom
     one.set_ylim(bottom - 0.12 * span, top + 0.25 * span)
-    one.legend(loc="upper left", ncols=len(names), fontsize=9, frameon=False)
+    one.legend(loc="upper left", ncols=len(names), fontsize=10, frameon=False)
     fig.suptitle("Per-step time over the same loop in raw PyTorch (0% = no overhead; medians)")
     fig.savefig(out / "step_overhead.svg", metadata={"Date": None})
     plt.close(fig)
