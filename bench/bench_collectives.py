@@ -183,6 +183,20 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def cost_table(results: dict[str, dict[str, float]]) -> str:
+    """lite's own time per call: one process (world size 1), where no peer makes anyone wait."""
+    lines = [
+        "| collective | variant | µs/call | over raw (µs) |",
+        "|---|---|---:|---:|",
+    ]
+    for op, variants in results.items():
+        raw = variants["raw"]
+        for name, value in variants.items():
+            over = "" if name == "raw" else f"{value - raw:+.1f}"
+            lines.append(f"| {op} | {name} | {value:.1f} | {over} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -191,9 +205,19 @@ def main() -> None:
     parser.add_argument(
         "--peers", default="none", help="fabric,ll18,accelerate; 'all' (those installed); 'none'"
     )
+    parser.add_argument(
+        "--world",
+        type=int,
+        default=2,
+        help="processes; 1 measures lite's own time per call (gloo, nothing to wait for, only code)",
+    )
     args = parser.parse_args()
-    results = measure(args.rounds, args.calls, peers=parse_peers(args.peers))
-    print(table(results))
+    if args.world == 1:
+        results = measure(args.rounds, args.calls, world=1)
+        print(cost_table(results))
+    else:
+        results = measure(args.rounds, args.calls, world=args.world, peers=parse_peers(args.peers))
+        print(table(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f)

@@ -143,6 +143,9 @@ def main() -> None:
     )
     ckpt = run_json("bench_checkpoint.py", "--rounds", "2" if q else "7", "--peers", peer_arg)
     collectives = run_json("bench_collectives.py", "--rounds", "3" if q else "61", "--peers", peer_arg)
+    collectives_cost = run_json(
+        "bench_collectives.py", "--world", "1", "--rounds", "3" if q else "21", "--calls", "1000"
+    )
     load_after, uptime_after = os.getloadavg(), uptime()
     duration = time.perf_counter() - t0
 
@@ -169,6 +172,7 @@ def main() -> None:
         "launch": launch["launch"],
         "checkpoint": ckpt,
         "collectives": collectives,
+        "collectives_cost": collectives_cost,
     }
     Path(args.json_out).write_text(json.dumps(results, indent=1) + "\n")
     text = render(results)
@@ -377,6 +381,7 @@ def render(r: dict[str, Any]) -> str:
         for name, base, text in rows:
             lines.append(f"| {text} | {med[name]:.3f} | {med[base]:.3f} | {med[name] / med[base]:.3f} |")
     from bench_collectives import __doc__ as collectives_doc
+    from bench_collectives import cost_table as collectives_cost_table
     from bench_collectives import table as collectives_table
 
     lines += [
@@ -389,6 +394,14 @@ def render(r: dict[str, Any]) -> str:
         collectives_table(r["collectives"]),
         "",
     ]
+    if r.get("collectives_cost"):
+        lines += [
+            "lite's own time per call, in one process (`--world 1 --calls 1000`: gloo with nothing to",
+            "wait for, so only code is timed):",
+            "",
+            collectives_cost_table(r["collectives_cost"]),
+            "",
+        ]
     return "\n".join(lines)
 
 
