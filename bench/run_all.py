@@ -105,7 +105,7 @@ def main() -> None:
     peers = [name for name, row in found.items() if "version" in row]
     peer_arg = ",".join(peers) or "none"
     load_before, uptime_before = os.getloadavg(), uptime()
-    started = datetime.datetime.now(datetime.UTC)
+    started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.perf_counter()
 
     steps = run_json(
