@@ -54,6 +54,11 @@ def _many_checks(rank: int, world: int) -> dict[str, Any]:
     out["inline_vs_large"] = _raises(lc.all_gather, torch.zeros(4 if rank == 0 else 400))
     out["grads_apart"] = _raises(lc.all_gather, torch.ones(2, requires_grad=True), sync_grads=rank == 0)
     out["after_gather_mismatch"] = lc.all_gather(torch.tensor([rank]))
+    # A small gather's result owns its memory (never a borrowed Python buffer, which gloo's thread
+    # could free during interpreter exit and abort the process): a normal tensor that can grow.
+    small = lc.all_gather(torch.ones(3) * rank)
+    out["small_owns_memory"] = small.untyped_storage().resizable()
+    out["small_resized"] = tuple(small.resize_(world * 3 + 1).shape)
     out["dtype_mismatch"] = _raises(
         lc.all_gather_uneven, torch.zeros(1, dtype=torch.float64 if rank else torch.float32)
     )
@@ -121,6 +126,7 @@ def test_collectives_across_ranks(world: int) -> None:
         assert out["grads_apart"].startswith("CollectiveError: all_gather: ranks [")
         assert "sync_grads=True" in out["grads_apart"]
         assert torch.equal(out["after_gather_mismatch"], torch.arange(world).view(world, 1))
+        assert out["small_owns_memory"] and out["small_resized"] == (world * 3 + 1,)
         assert "CollectiveError" in out["dtype_mismatch"] and "rank 1: [float64[1]]" in out["dtype_mismatch"]
         stacked = torch.stack(ys)
         assert torch.equal(out["reduce_sum"], stacked.sum(0))

@@ -113,3 +113,17 @@ def test_default_backend(device_type: str, backend: str) -> None:
 def test_default_backend_rejects_unknown_device() -> None:
     with pytest.raises(CollectiveError, match="accepted: cpu, cuda, mps, xla"):
         default_backend("tpu-v9")
+
+
+def test_tensors_handed_to_the_backend_own_their_memory() -> None:
+    # A tensor borrowing a Python buffer (torch.frombuffer) needs the GIL when freed; gloo's worker
+    # thread may free what it sent after the main thread has begun the interpreter's exit, and then
+    # aborts the process. The header and the pickled objects are made in torch's own memory.
+    from lite_collectives._wire import build_header, encode_meta, object_to_tensor, read_heads
+
+    tensors = [torch.arange(3.0), torch.tensor([True, False])]
+    header = build_header(encode_meta(tensors), tensors, True, torch.device("cpu"))
+    assert header.untyped_storage().resizable()
+    assert read_heads(header)[0][-1] == 1  # the "data inside" flag
+    payload = object_to_tensor({"step": 3}, torch.device("cpu"))
+    assert payload.untyped_storage().resizable() and payload.dtype == torch.uint8

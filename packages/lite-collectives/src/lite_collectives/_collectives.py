@@ -208,7 +208,7 @@ def _gather_checked(
     inline = inline and fits_header(tensors)
     device = tensors[0].device if inline else _default_device(group)
     gathered = _all_gather_into(watch, "all_gather", build_header(encoding, tensors, inline, device), group)
-    heads, raw = read_heads(gathered)
+    heads = read_heads(gathered)
     first = heads[0]
     if any(head[:SIGNATURE_WIDTH] != first[:SIGNATURE_WIDTH] for head in heads):
         lengths = [head[0] for head in heads]
@@ -219,7 +219,7 @@ def _gather_checked(
             f"all_gather: ranks {apart} (this is rank {_rank(group)}) passed sync_grads=True or tensors on "
             "more than one device, the other ranks did not: every rank must call all_gather the same way."
         )
-    return unpack_header(gathered, raw, tensors) if inline else None
+    return unpack_header(gathered, tensors) if inline else None
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

@@ -1,7 +1,12 @@
 """What travels besides the data: shapes, dtypes and pickled objects, as plain tensors (no numpy).
 
 torch's object collectives go through numpy on some builds; these helpers only use
-``pickle`` and ``torch.frombuffer``, and every exchange is a tensor collective of the backend.
+``pickle``, ``struct`` and ``ctypes``, and every exchange is a tensor collective of the backend.
+
+Every tensor made here owns its memory (``torch.empty``, filled with ``ctypes.memmove``), never
+borrows a Python buffer (``torch.frombuffer``): the backend's worker thread may drop the last
+reference to a tensor it sent, and freeing a borrowed buffer needs the GIL. At interpreter exit
+that thread cannot get it, and the process aborts ("terminate called without an active exception").
 """
 
 from __future__ import annotations
@@ -109,6 +114,14 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.detach().resolve_conj().resolve_neg().contiguous()
 
 
+def _owned_bytes(data: bytes) -> torch.Tensor:
+    """A 1-d uint8 host tensor holding a copy of ``data`` in memory torch owns."""
+    out = torch.empty(len(data), dtype=torch.uint8)
+    if data:
+        ctypes.memmove(out.data_ptr(), data, len(data))
+    return out
+
+
 def build_header(
     encoding: list[int], tensors: list[torch.Tensor], inline: bool, device: torch.device
 ) -> torch.Tensor:
@@ -116,16 +129,16 @@ def build_header(
 
     With ``inline`` the tensors must be on ``device`` and pass `fits_header`.
     """
-    buf = bytearray(HEADER_BYTES)
-    struct.pack_into(_HEAD_FORMAT, buf, 0, *signature(encoding), int(inline))
+    header = torch.zeros(HEADER_BYTES, dtype=torch.uint8)
+    base = header.data_ptr()
+    ctypes.memmove(base, struct.pack(_HEAD_FORMAT, *signature(encoding), int(inline)), _HEAD_BYTES)
     on_host = device.type == "cpu"
     if inline and on_host:
         offset = _DATA_START
         for t in map(_plain, tensors):
             nbytes = t.numel() * t.element_size()
-            buf[offset : offset + nbytes] = ctypes.string_at(t.data_ptr(), nbytes)
+            ctypes.memmove(base + offset, t.data_ptr(), nbytes)
             offset += _aligned(nbytes)
-    header = torch.frombuffer(buf, dtype=torch.uint8)
     if on_host:
         return header
     header = header.to(device)
@@ -138,37 +151,35 @@ def build_header(
     return header
 
 
-def read_heads(gathered: torch.Tensor) -> tuple[list[tuple[int, ...]], bytes | None]:
-    """Every rank's ``(*signature, flag)`` out of the gathered headers (``world_size * HEADER_BYTES``).
-
-    Also the gathered bytes themselves when they are in host memory (for `unpack_header`).
-    """
+def read_heads(gathered: torch.Tensor) -> list[tuple[int, ...]]:
+    """Every rank's ``(*signature, flag)`` out of the gathered headers (``world_size * HEADER_BYTES``)."""
     size = gathered.numel() // HEADER_BYTES
     if gathered.device.type == "cpu":
-        raw = ctypes.string_at(gathered.data_ptr(), gathered.numel())
-        return [struct.unpack_from(_HEAD_FORMAT, raw, r * HEADER_BYTES) for r in range(size)], raw
+        view = (ctypes.c_char * gathered.numel()).from_address(gathered.data_ptr())
+        return [struct.unpack_from(_HEAD_FORMAT, view, r * HEADER_BYTES) for r in range(size)]
     heads = gathered.view(size, HEADER_BYTES)[:, :_HEAD_BYTES].cpu().contiguous()
     head_bytes = ctypes.string_at(heads.data_ptr(), heads.numel())
-    return [struct.unpack_from(_HEAD_FORMAT, head_bytes, r * _HEAD_BYTES) for r in range(size)], None
+    return [struct.unpack_from(_HEAD_FORMAT, head_bytes, r * _HEAD_BYTES) for r in range(size)]
 
 
-def unpack_header(
-    gathered: torch.Tensor, raw: bytes | None, tensors: list[torch.Tensor]
-) -> list[torch.Tensor]:
+def unpack_header(gathered: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each tensor's ``(world_size, *shape)`` result, cut out of the gathered headers.
 
-    ``raw``: the gathered bytes when in host memory (cut in Python, the fastest for a few
-    hundred bytes); otherwise the tensors are cut on their device.
+    In host memory each rank's bytes are copied straight into the result (the fastest for a
+    few hundred bytes); on another device the tensors are cut there.
     """
     size = gathered.numel() // HEADER_BYTES
     out, offset = [], _DATA_START
+    on_host = gathered.device.type == "cpu"
+    src = gathered.data_ptr()
     for t in tensors:
         nbytes = t.numel() * t.element_size()
-        if raw is not None:
-            rows = b"".join(
-                raw[r * HEADER_BYTES + offset : r * HEADER_BYTES + offset + nbytes] for r in range(size)
-            )
-            out.append(torch.frombuffer(bytearray(rows), dtype=t.dtype).view(size, *t.shape))
+        if on_host:
+            result = torch.empty((size, *t.shape), dtype=t.dtype)
+            dst = result.data_ptr()
+            for r in range(size):
+                ctypes.memmove(dst + r * nbytes, src + r * HEADER_BYTES + offset, nbytes)
+            out.append(result)
         else:
             rows_view = gathered.view(size, HEADER_BYTES)[:, offset : offset + nbytes]
             out.append(rows_view.view(t.dtype).view(size, *t.shape).clone())
@@ -178,8 +189,7 @@ def unpack_header(
 
 def object_to_tensor(obj: Any, device: torch.device) -> torch.Tensor:
     """``obj`` pickled into a 1-d uint8 tensor on ``device``."""
-    data = bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-    return torch.frombuffer(data, dtype=torch.uint8).to(device)
+    return _owned_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).to(device)
 
 
 def tensor_to_object(buffer: torch.Tensor, size: int) -> Any:
