@@ -2,6 +2,7 @@
 
     python clean_exit_program.py STRATEGY [RUNS]
     python -m torch.distributed.run --nproc_per_node 2 clean_exit_program.py embedded
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=P NODE_RANK=N python clean_exit_program.py two_nodes
 
 The wrapped model stays referenced to the end of the process (a module global), the case that
 used to abort at interpreter exit, and the last collectives before the exit are a small
@@ -9,7 +10,8 @@ all_gather and an object broadcast (their buffers were once freed by gloo's thre
 exit, which aborted the process). With a launcher that starts processes itself (ddp_spawn,
 ddp_fork) the run is repeated RUNS times in this one process, each with fresh ranks.
 ``embedded``: torchrun started the processes and the facade is used without run(), as a
-framework embedding it does.
+framework embedding it does; ``two_nodes``: one node of a two-node job (``num_nodes=2``, one
+process per node), started twice on 127.0.0.1 with NODE_RANK 0 and 1.
 """
 
 import sys
@@ -46,7 +48,9 @@ if __name__ == "__main__":
     if strategy == "ddp_fork":
         # DDP imports torch._dynamo on first use (seconds): once here, every forked rank has it.
         import torch._dynamo
-    if strategy == "embedded":
+    if strategy == "two_nodes":
+        Tiny(accelerator="cpu", strategy="ddp", devices=1, num_nodes=2).run()
+    elif strategy == "embedded":
         lite = Tiny(accelerator="cpu", strategy="ddp", devices=2)
         model = lite.setup(torch.nn.Linear(2, 1))
         lite.backward(model(torch.ones(4, 2)).sum())

@@ -7,10 +7,12 @@ of a small all_gather or an object broadcast, borrowed from Python memory, could
 gloo's worker thread during the exit, which needs the GIL and aborted the same way: every
 tensor lite_collectives hands to the backend now owns its memory.
 
-``ddp`` (the script relaunch) and ``embedded`` (torchrun, the facade used without run()) start
-fresh interpreters per run. ``ddp_spawn`` and ``ddp_fork``
-launch from one interpreter ``RUNS`` times in a row (fresh ranks each time) and exit once at the
-end, which keeps the test near a minute. ``LITE_CLEAN_EXIT_RUNS`` changes the count (default 20).
+``ddp`` (the script relaunch), ``embedded`` (torchrun, the facade used without run()) and
+``two_nodes`` (both nodes of a two-node job, one rank each, on 127.0.0.1) start fresh
+interpreters per run. ``ddp_spawn`` and ``ddp_fork`` repeat the run in one interpreter, five
+runs per task (fresh ranks each time), and exit at the end. ``LITE_CLEAN_EXIT_RUNS`` sets the
+count (default 20 of each launcher; 10 of ``embedded`` and ``two_nodes``, which start more
+interpreters per run).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +30,8 @@ from lite_testing import free_port
 
 PROGRAM = Path(__file__).with_name("clean_exit_program.py")
 RUNS = int(os.environ.get("LITE_CLEAN_EXIT_RUNS", "20"))
+# The two paths that start more interpreters per run (torchrun's agent; two nodes) run half as often.
+FEW_RUNS = max(1, RUNS // 2)
 BAD_SIGNS = ("terminate called", "Aborted", "core dumped", "Traceback")
 
 
@@ -36,34 +41,70 @@ def _once(*args: str, torchrun: bool = False) -> tuple[int, str]:
         [sys.executable, "-W", "ignore", *(launch if torchrun else []), str(PROGRAM), *args],
         capture_output=True,
         text=True,
-        timeout=120 + 30 * RUNS,  # spawn: each run starts two fresh interpreters
+        timeout=120 + 30 * CHUNK,  # spawn: each run starts two fresh interpreters
         cwd=PROGRAM.parent,
     )
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def _fresh_interpreter_runs() -> dict[str, list[tuple[int, str]]]:
-    with ThreadPoolExecutor(2) as pool:  # two runs at a time: each is mostly waiting on imports
-        relaunch = [pool.submit(_once, "ddp") for _ in range(RUNS)]
-        embedded = [pool.submit(_once, "embedded", torchrun=True) for _ in range(RUNS)]
-        return {"ddp": [f.result() for f in relaunch], "embedded": [f.result() for f in embedded]}
+def _two_nodes_once() -> tuple[int, str]:
+    """Both nodes of a two-node job (one rank each) on 127.0.0.1, each started like on its machine."""
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-W", "ignore", str(PROGRAM), "two_nodes"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=PROGRAM.parent,
+            env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(node)},
+        )
+        for node in (0, 1)
+    ]
+    outputs, codes = [], []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            out += "\n(killed after 150 s)"
+        outputs.append(out)
+        codes.append(proc.returncode)
+    return max(codes, key=abs), "\n".join(outputs)
 
 
-# 20 runs of each launcher took about 6 minutes on a loaded 2-core machine: more than the default.
+# Runs per task of the in-process launchers (one interpreter repeats the run): chunks keep each
+# task short, so every one is bounded by its own timeout and the pool stays evenly loaded.
+CHUNK = 5
+
+
+def _tasks() -> list[tuple[str, Callable[[], tuple[int, str]]]]:
+    tasks: list[tuple[str, Callable[[], tuple[int, str]]]] = []
+    for launcher in ("ddp_spawn", "ddp_fork"):
+        for start in range(0, RUNS, CHUNK):
+            n = str(min(CHUNK, RUNS - start))
+            tasks.append((launcher, lambda launcher=launcher, n=n: _once(launcher, n)))
+    tasks += [("ddp", lambda: _once("ddp")) for _ in range(RUNS)]
+    tasks += [("two_nodes", _two_nodes_once) for _ in range(FEW_RUNS)]
+    tasks += [("embedded", lambda: _once("embedded", torchrun=True)) for _ in range(FEW_RUNS)]
+    return tasks
+
+
+# All the runs took about 5 minutes on an idle 2-core machine: more than the default timeout.
 @pytest.mark.timeout(300 + 45 * RUNS)
 def test_every_launcher_exits_cleanly_every_time() -> None:
-    with ThreadPoolExecutor(3) as pool:
-        fresh = pool.submit(_fresh_interpreter_runs)
-        spawn = pool.submit(_once, "ddp_spawn", str(RUNS))
-        fork = pool.submit(_once, "ddp_fork", str(RUNS))
-        outcomes = {**fresh.result(), "ddp_spawn": [spawn.result()], "ddp_fork": [fork.result()]}
+    tasks = _tasks()
+    with ThreadPoolExecutor(2) as pool:  # two runs at a time: each is mostly starting interpreters
+        outcomes = list(zip((name for name, _ in tasks), pool.map(lambda task: task[1](), tasks)))
     failures = []
-    for launcher, runs in outcomes.items():
-        for i, (code, output) in enumerate(runs):
-            bad = [sign for sign in BAD_SIGNS if sign in output]
-            finished = output.count("finished")
-            expected = 2 if launcher in ("ddp", "embedded") else 1  # both ranks run the script's end
-            if code != 0 or bad or finished != expected:
-                failures.append(f"{launcher} run {i}: exit code {code}, {bad}, output:\n{output[-2000:]}")
+    counts: dict[str, int] = {}
+    for i, (launcher, (code, output)) in enumerate(outcomes):
+        bad = [sign for sign in BAD_SIGNS if sign in output]
+        finished = output.count("finished")
+        expected = 1 if launcher in ("ddp_spawn", "ddp_fork") else 2  # else both ranks run the end
+        counts[launcher] = counts.get(launcher, 0) + 1
+        if code != 0 or bad or finished != expected:
+            failures.append(f"{launcher} task {i}: exit code {code}, {bad}, output:\n{output[-2000:]}")
     assert not failures, "\n\n".join(failures)
-    assert len(outcomes["ddp"]) == len(outcomes["embedded"]) == RUNS
+    assert counts["ddp"] == RUNS and counts["two_nodes"] == counts["embedded"] == FEW_RUNS
