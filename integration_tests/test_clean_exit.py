@@ -2,10 +2,12 @@
 
 A run whose wrapped model is still referenced at interpreter exit used to abort now and then
 (``terminate called without an active exception``, exit code -6): the process group was left
-to the end of the process. lite_collectives now destroys it from ``atexit``. Later, the buffers
-of a small all_gather or an object broadcast, borrowed from Python memory, could be freed by
-gloo's worker thread during the exit, which needs the GIL and aborted the same way: every
-tensor lite_collectives hands to the backend now owns its memory.
+to the end of the process. lite_collectives now destroys it from ``atexit``. A second cause was
+found later: gloo's worker thread frees a finished collective's tensors only once it holds the
+GIL, and when the main thread reached the interpreter's finalization first, that thread was
+ended inside C++ and the process aborted (seen about once in 12 runs of the torchrun embedded
+path). The exit handler now sleeps 20 ms with the GIL released first. The last collectives of
+every run here are a small all_gather and an object broadcast, right before the exit.
 
 ``ddp`` (the script relaunch), ``embedded`` (torchrun, the facade used without run()) and
 ``two_nodes`` (both nodes of a two-node job, one rank each, on 127.0.0.1) start fresh

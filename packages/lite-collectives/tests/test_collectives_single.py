@@ -116,9 +116,8 @@ def test_default_backend_rejects_unknown_device() -> None:
 
 
 def test_tensors_handed_to_the_backend_own_their_memory() -> None:
-    # A tensor borrowing a Python buffer (torch.frombuffer) needs the GIL when freed; gloo's worker
-    # thread may free what it sent after the main thread has begun the interpreter's exit, and then
-    # aborts the process. The header and the pickled objects are made in torch's own memory.
+    # A tensor borrowing a Python buffer (torch.frombuffer) needs the GIL when freed, and cannot
+    # be resized; the header and the pickled objects are made in torch's own memory.
     from lite_collectives._wire import build_header, encode_meta, object_to_tensor, read_heads
 
     tensors = [torch.arange(3.0), torch.tensor([True, False])]

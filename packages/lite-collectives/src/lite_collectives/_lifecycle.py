@@ -24,6 +24,9 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 #: within seconds to a minute even on a busy cluster, so a missing one is reported after 5 minutes.
 DEFAULT_RENDEZVOUS_TIMEOUT = timedelta(minutes=5)
 
+#: How long the exit handler lets the backend's threads finish with the GIL released (seconds).
+EXIT_SETTLE_S = 0.02
+
 # Device type -> the backend that runs collectives on it.
 _BACKENDS = {"cpu": "gloo", "cuda": "nccl", "mps": "gloo", "xla": "xla"}
 
@@ -337,7 +340,9 @@ def shutdown_at_exit() -> None:
 
     Runs from ``atexit``, while ``torch.distributed`` and the backend are still whole; left to
     the end of the process instead, the group's threads can be destroyed while still joinable
-    (``terminate called without an active exception``, exit code -6). A group broken by a
+    (``terminate called without an active exception``, exit code -6). Then it waits
+    `EXIT_SETTLE_S` with the GIL released, so the backend's threads finish releasing the last
+    collective's tensors before the interpreter finalizes. A group broken by a
     timeout or a divergence may still have a backend operation in flight: it is not destroyed
     (that would wait for the operation), the process just exits.
     """
@@ -345,3 +350,10 @@ def shutdown_at_exit() -> None:
     stop_watch("exited")
     if broken is None and _record is not None and dist.is_available() and dist.is_initialized():
         destroy_process_group()
+    # The backend's worker thread drops its references to a finished collective's tensors only
+    # once it holds the GIL (to free their Python objects). The main thread may reach the
+    # interpreter's finalization first, with that thread still waiting: it then exits the thread
+    # in the middle of C++ code and the process aborts. The group may also outlive destroy
+    # (a DDP module still references it), so its threads are not joined. A short sleep here,
+    # with the GIL released, lets every such thread finish before finalization starts.
+    time.sleep(EXIT_SETTLE_S)

@@ -4,9 +4,9 @@ torch's object collectives go through numpy on some builds; these helpers only u
 ``pickle``, ``struct`` and ``ctypes``, and every exchange is a tensor collective of the backend.
 
 Every tensor made here owns its memory (``torch.empty``, filled with ``ctypes.memmove``), never
-borrows a Python buffer (``torch.frombuffer``): the backend's worker thread may drop the last
-reference to a tensor it sent, and freeing a borrowed buffer needs the GIL. At interpreter exit
-that thread cannot get it, and the process aborts ("terminate called without an active exception").
+borrows a Python buffer (``torch.frombuffer``): a result is then a normal tensor (it can be
+resized), and freeing one needs nothing from Python (a borrowed buffer needs the GIL, which the
+backend's worker thread cannot get once the interpreter finalizes).
 """
 
 from __future__ import annotations
