@@ -59,6 +59,19 @@ def _many_checks(rank: int, world: int) -> dict[str, Any]:
     small = lc.all_gather(torch.ones(3) * rank)
     out["small_owns_memory"] = small.untyped_storage().resizable()
     out["small_resized"] = tuple(small.resize_(world * 3 + 1).shape)
+    # The header's buffers are reused from call to call: a result never aliases them.
+    first = lc.all_gather(torch.tensor([rank, 1]))
+    out["reuse_second"] = lc.all_gather(torch.tensor([rank + 100, 2, 3]))
+    out["reuse_first"] = first
+    # While another call holds them (a second thread), a call uses fresh buffers.
+    from lite_collectives._watchdog import watch_for
+
+    buffers = watch_for(None).header_buffers
+    assert buffers is not None and buffers.take()
+    try:
+        out["buffers_held"] = lc.all_gather(torch.tensor([rank * 2.0]))
+    finally:
+        buffers.give_back()
     out["dtype_mismatch"] = _raises(
         lc.all_gather_uneven, torch.zeros(1, dtype=torch.float64 if rank else torch.float32)
     )
@@ -127,6 +140,9 @@ def test_collectives_across_ranks(world: int) -> None:
         assert "sync_grads=True" in out["grads_apart"]
         assert torch.equal(out["after_gather_mismatch"], torch.arange(world).view(world, 1))
         assert out["small_owns_memory"] and out["small_resized"] == (world * 3 + 1,)
+        assert torch.equal(out["reuse_first"], torch.tensor([[r, 1] for r in ranks]))
+        assert torch.equal(out["reuse_second"], torch.tensor([[r + 100, 2, 3] for r in ranks]))
+        assert torch.equal(out["buffers_held"], torch.tensor([[r * 2.0] for r in ranks]))
         assert "CollectiveError" in out["dtype_mismatch"] and "rank 1: [float64[1]]" in out["dtype_mismatch"]
         stacked = torch.stack(ys)
         assert torch.equal(out["reduce_sum"], stacked.sum(0))

@@ -25,6 +25,7 @@ from lite_collectives._ranks import is_initialized
 from lite_collectives._watchdog import TIMEOUT_HINT, Watch, watch_for
 from lite_collectives._wire import (
     SIGNATURE_WIDTH,
+    HeaderBuffers,
     build_header,
     decode_meta,
     dtype_code,
@@ -207,7 +208,49 @@ def _gather_checked(
     encoding = encode_meta(tensors)
     inline = inline and fits_header(tensors)
     device = tensors[0].device if inline else _default_device(group)
-    gathered = _all_gather_into(watch, "all_gather", build_header(encoding, tensors, inline, device), group)
+    buffers = _take_header_buffers(watch) if device.type == "cpu" else None
+    if buffers is None:
+        header = build_header(encoding, tensors, inline, device)
+        return _read_gathered(
+            _all_gather_into(watch, "all_gather", header, group), encoding, tensors, inline, group, watch
+        )
+    try:
+        header = build_header(encoding, tensors, inline, device, into=buffers.mine)
+        gathered = buffers.gathered
+        _run(
+            watch,
+            "all_gather",
+            group,
+            lambda: _ALL_GATHER_SINGLE(gathered, header, group=group, async_op=True),
+        )
+    except BaseException:
+        buffers.discard()  # the backend may still write into it: never hand it out again
+        raise
+    try:
+        return _read_gathered(gathered, encoding, tensors, inline, group, watch)
+    finally:
+        buffers.give_back()
+
+
+def _take_header_buffers(watch: Watch | None) -> HeaderBuffers | None:
+    """The default group's reusable header buffers, or None (a sub-group, or held by another call)."""
+    if watch is None:
+        return None
+    buffers = watch.header_buffers
+    if buffers is None or not buffers.usable:
+        buffers = watch.header_buffers = HeaderBuffers(watch.size)
+    return buffers if buffers.take() else None
+
+
+def _read_gathered(
+    gathered: torch.Tensor,
+    encoding: list[int],
+    tensors: list[torch.Tensor],
+    inline: bool,
+    group: Any,
+    watch: Watch | None,
+) -> list[torch.Tensor] | None:
+    """Check every rank's header in ``gathered``; raise on every rank if they differ; cut out inlined data."""
     heads = read_heads(gathered)
     first = heads[0]
     if any(head[:SIGNATURE_WIDTH] != first[:SIGNATURE_WIDTH] for head in heads):

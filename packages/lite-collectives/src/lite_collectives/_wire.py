@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import pickle
 import struct
+import threading
 from typing import Any
 
 import torch
@@ -122,14 +123,50 @@ def _owned_bytes(data: bytes) -> torch.Tensor:
     return out
 
 
+class HeaderBuffers:
+    """A rank's reusable host buffers for the header exchange: its own header and everyone's.
+
+    Allocating both on every call costs more than the rest of the check (the backend's gather
+    is slower on memory it has not seen). One call at a time holds them (`take`); a call that
+    finds them held (another thread) or failed (its buffer may still be written to by the
+    backend: it is never handed out again, see `discard`) uses fresh tensors. Results are
+    copied out of ``gathered`` before `give_back`, so nothing handed to the caller aliases them.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.mine = torch.zeros(HEADER_BYTES, dtype=torch.uint8)
+        self.gathered = torch.zeros(size * HEADER_BYTES, dtype=torch.uint8)
+        self._lock = threading.Lock()
+        self.usable = True
+
+    def take(self) -> bool:
+        return self.usable and self._lock.acquire(blocking=False)
+
+    def give_back(self) -> None:
+        self._lock.release()
+
+    def discard(self) -> None:
+        self.usable = False
+        self._lock.release()
+
+
 def build_header(
-    encoding: list[int], tensors: list[torch.Tensor], inline: bool, device: torch.device
+    encoding: list[int],
+    tensors: list[torch.Tensor],
+    inline: bool,
+    device: torch.device,
+    into: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """This rank's header on ``device``: signature, flag, and with ``inline`` the tensors' bytes.
 
-    With ``inline`` the tensors must be on ``device`` and pass `fits_header`.
+    With ``inline`` the tensors must be on ``device`` and pass `fits_header`. ``into`` (a host
+    ``HEADER_BYTES`` uint8 tensor, for a host ``device``) is written over instead of a new one;
+    bytes past the inlined data are left as they were (every rank reads only what the signature
+    describes).
     """
-    header = torch.zeros(HEADER_BYTES, dtype=torch.uint8)
+    header = (
+        into if into is not None and device.type == "cpu" else torch.zeros(HEADER_BYTES, dtype=torch.uint8)
+    )
     base = header.data_ptr()
     ctypes.memmove(base, struct.pack(_HEAD_FORMAT, *signature(encoding), int(inline)), _HEAD_BYTES)
     on_host = device.type == "cpu"
