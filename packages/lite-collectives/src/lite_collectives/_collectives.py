@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -208,7 +209,7 @@ def _gather_checked(
     encoding = encode_meta(tensors)
     inline = inline and fits_header(tensors)
     device = tensors[0].device if inline else _default_device(group)
-    buffers = _take_header_buffers(watch) if device.type == "cpu" else None
+    buffers = _take_header_buffers(group, watch) if device.type == "cpu" else None
     if buffers is None:
         header = build_header(encoding, tensors, inline, device)
         return _read_gathered(
@@ -232,13 +233,17 @@ def _gather_checked(
         buffers.give_back()
 
 
-def _take_header_buffers(watch: Watch | None) -> HeaderBuffers | None:
-    """The default group's reusable header buffers, or None (a sub-group, or held by another call)."""
-    if watch is None:
-        return None
-    buffers = watch.header_buffers
+# Each process group's reusable header buffers; an entry goes with its group.
+_header_buffers: weakref.WeakKeyDictionary[Any, HeaderBuffers] = weakref.WeakKeyDictionary()
+
+
+def _take_header_buffers(group: Any, watch: Watch | None) -> HeaderBuffers | None:
+    """``group``'s reusable header buffers, or None while another call (another thread) holds them."""
+    pg = dist.group.WORLD if group is None else group
+    buffers = _header_buffers.get(pg)
     if buffers is None or not buffers.usable:
-        buffers = watch.header_buffers = HeaderBuffers(watch.size)
+        size = watch.size if watch is not None else _size(group)
+        buffers = _header_buffers[pg] = HeaderBuffers(size)
     return buffers if buffers.take() else None
 
 

@@ -76,8 +76,6 @@ class Watch:
     thread: threading.Thread | None = None
     wake: threading.Event = field(default_factory=threading.Event)
     host: str = field(default_factory=socket.gethostname)
-    #: all_gather's reusable header buffers for this group (see `HeaderBuffers`); made on first use.
-    header_buffers: Any = None
 
     # -- main thread -----------------------------------------------------------------------------
 
