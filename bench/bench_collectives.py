@@ -11,14 +11,16 @@ per-call overhead shows most. Variants:
   on a clone (lite does not mutate its input), ``dist.barrier``;
 - lite: ``lite_collectives.all_gather`` / ``all_reduce`` / ``barrier`` on the default group,
   watched by the divergence watchdog (``all_gather`` checks shapes: its 4 floats ride inside the
-  fixed 1 KiB header that carries the check, so it is one collective too);
+  fixed 256-byte header that carries the check, so it is one collective too);
 - lite, same_shapes=True: ``all_gather`` told the shapes match (no check, raw torch's gather);
 - lite, unwatched: the same calls on the same group with the watchdog switched off for the call
   (through a private hook): the difference to "lite" is the watchdog's fast-path cost (a
   sub-group, which the watchdog does not watch, measured 1.6-2.2x raw here: another gloo group's
   cost, not lite's);
 - with ``--peers``: Lightning Fabric's, LightningLite 1.8's and Accelerate's calls (those installed;
-  see _peers.py) on the same process group, all_reduce on a clone as raw.
+  see _peers.py) on the same process group, all_reduce on a clone as raw;
+- with ``--header-sizes``: raw torch's gather of 16 bytes against 256 bytes and 1 KiB (what sized
+  all_gather's header: a 1 KiB one measured 1.1-1.35x the 16-byte gather here, 256 bytes ~1.0x).
 """
 
 from __future__ import annotations
@@ -45,7 +47,19 @@ TARGETS = {"all_gather": 1.2, "all_reduce": 1.1, "barrier": 1.05}
 _GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
-def _variants(world: int) -> dict[str, dict[str, Any]]:
+def _payloads(world: int) -> dict[str, Any]:
+    """Raw torch's gather of 16 bytes (as "raw"), 256 bytes and 1 KiB, each on buffers it reuses."""
+    variants = {}
+    for name, nbytes in (("raw", 16), ("256 bytes", 256), ("1 KiB", 1024)):
+        mine, everyone = (
+            torch.zeros(nbytes, dtype=torch.uint8),
+            torch.zeros(world * nbytes, dtype=torch.uint8),
+        )
+        variants[name] = lambda mine=mine, everyone=everyone: _GATHER(everyone, mine)
+    return variants
+
+
+def _variants(world: int, header_sizes: bool = False) -> dict[str, dict[str, Any]]:
     x = torch.arange(4, dtype=torch.float32)
     out = torch.empty(world * 4)
 
@@ -72,7 +86,7 @@ def _variants(world: int) -> dict[str, dict[str, Any]]:
 
         return run
 
-    return {
+    variants = {
         "all_gather": {
             "raw": raw_gather,
             "lite": lambda: lc.all_gather(x),
@@ -90,6 +104,9 @@ def _variants(world: int) -> dict[str, dict[str, Any]]:
             "lite, unwatched": unwatched(lambda: lc.barrier()),
         },
     }
+    if header_sizes:
+        variants["gather of n bytes"] = _payloads(world)
+    return variants
 
 
 def _no_watch(group: Any) -> None:
@@ -104,6 +121,7 @@ def _rank(
     calls: int,
     queue: Any,
     peers: list[str] = (),  # type: ignore[assignment]
+    header_sizes: bool = False,
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -115,7 +133,7 @@ def _rank(
     torch.set_num_threads(1)
     lc.init_process_group(timeout=120)
     results: dict[str, dict[str, float]] = {}
-    ops = _variants(world)
+    ops = _variants(world, header_sizes)
     for op, extra in collective_variants(list(peers), world).items():  # peers (bench/_peers.py), if any
         ops[op].update(extra)
     for op, variants in ops.items():
@@ -149,6 +167,7 @@ def measure(
     calls: int,
     world: int = 2,
     peers: list[str] = (),  # type: ignore[assignment]
+    header_sizes: bool = False,
 ) -> dict[str, dict[str, float]]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -156,7 +175,7 @@ def measure(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [
-        ctx.Process(target=_rank, args=(r, world, port, rounds, calls, queue, list(peers)))
+        ctx.Process(target=_rank, args=(r, world, port, rounds, calls, queue, list(peers), header_sizes))
         for r in range(world)
     ]
     for p in procs:
@@ -211,12 +230,21 @@ def main() -> None:
         default=2,
         help="processes; 1 measures lite's own time per call (gloo, nothing to wait for, only code)",
     )
+    parser.add_argument(
+        "--header-sizes", action="store_true", help="also time raw gathers of 16 B, 256 B and 1 KiB"
+    )
     args = parser.parse_args()
     if args.world == 1:
         results = measure(args.rounds, args.calls, world=1)
         print(cost_table(results))
     else:
-        results = measure(args.rounds, args.calls, world=args.world, peers=parse_peers(args.peers))
+        results = measure(
+            args.rounds,
+            args.calls,
+            world=args.world,
+            peers=parse_peers(args.peers),
+            header_sizes=args.header_sizes,
+        )
         print(table(results))
     if args.json:
         with open(args.json, "w") as f:

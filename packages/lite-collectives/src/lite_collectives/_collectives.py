@@ -327,10 +327,10 @@ def all_gather(
     Each tensor of shape ``S`` comes back as one tensor of shape ``(world_size, *S)`` (rank order);
     Python numbers are turned into tensors first. In a single process (no process group) the
     data is returned as is, without the leading dimension, as LightningLite does.
-    Shapes and dtypes must agree across ranks: every rank first gathers a fixed 1 KiB header with
+    Shapes and dtypes must agree across ranks: every rank first gathers a fixed 256-byte header with
     its shapes' signature and, if they differ, every rank raises
     [`CollectiveError`][lite_collectives.CollectiveError] listing each rank's shapes (use
-    [`all_gather_uneven`][lite_collectives.all_gather_uneven]). Small tensors (about 880 bytes
+    [`all_gather_uneven`][lite_collectives.all_gather_uneven]). Small tensors (about 170 bytes
     together) travel inside that header: one collective in all. ``same_shapes=True`` skips the
     check (raw torch's cost) when the caller knows they agree; a mismatch is then caught by the
     watchdog.
