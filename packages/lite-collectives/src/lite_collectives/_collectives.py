@@ -332,8 +332,11 @@ def all_gather(
     [`CollectiveError`][lite_collectives.CollectiveError] listing each rank's shapes (use
     [`all_gather_uneven`][lite_collectives.all_gather_uneven]). Small tensors (about 170 bytes
     together) travel inside that header: one collective in all. ``same_shapes=True`` skips the
-    check (raw torch's cost) when the caller knows they agree; a mismatch is then caught by the
-    watchdog.
+    check (raw torch's cost) when the caller knows they agree. A mismatch is then the backend's
+    to find: gloo aborts the process that receives more bytes than it expects (the others raise
+    [`ProcessGroupBrokenError`][lite_collectives.ProcessGroupBrokenError] naming it), and a rank
+    that receives fewer may first return a result holding garbage; a rank left waiting is the
+    watchdog's to report.
     With ``sync_grads=True`` the result stays in the autograd graph and the backward pass sums
     every rank's gradient for this rank's tensor.
 
