@@ -52,6 +52,8 @@ def _many_checks(rank: int, world: int) -> dict[str, Any]:
     out["large"] = lc.all_gather(torch.arange(300, dtype=torch.float64) + rank)
     out["many"] = lc.all_gather([torch.full((20,), float(rank)) for _ in range(12)])  # > one header
     out["inline_vs_large"] = _raises(lc.all_gather, torch.zeros(4 if rank == 0 else 400))
+    # Long descriptions travel as a hash in the header's signature: a difference still shows.
+    out["mismatch_hashed"] = _raises(lc.all_gather, [torch.zeros(2, 2)] * 3 + [torch.zeros(1 + rank)])
     out["grads_apart"] = _raises(lc.all_gather, torch.ones(2, requires_grad=True), sync_grads=rank == 0)
     out["after_gather_mismatch"] = lc.all_gather(torch.tensor([rank]))
     # A small gather's result owns its memory (never a borrowed Python buffer, which gloo's thread
@@ -136,6 +138,14 @@ def test_collectives_across_ranks(world: int) -> None:
         )
         assert "rank 0: [float32[4]]" in out["inline_vs_large"]
         assert "rank 1: [float32[400]]" in out["inline_vs_large"]
+        assert out["mismatch_hashed"].startswith(
+            "CollectiveError: all_gather needs tensors of the same shape"
+        )
+        for r in ranks:
+            assert (
+                f"rank {r}: [float32[2, 2], float32[2, 2], float32[2, 2], float32[{r + 1}]]"
+                in out["mismatch_hashed"]
+            )
         assert out["grads_apart"].startswith("CollectiveError: all_gather: ranks [")
         assert "sync_grads=True" in out["grads_apart"]
         assert torch.equal(out["after_gather_mismatch"], torch.arange(world).view(world, 1))
