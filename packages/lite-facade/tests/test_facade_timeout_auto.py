@@ -24,10 +24,15 @@ def test_timeout_goes_to_a_strategy_that_waits_on_other_processes() -> None:
     Lite(accelerator="cpu", timeout=5)  # one process: nothing to wait for, accepted
 
 
-@pytest.mark.parametrize("timeout", [-3, 0, "soon"])
-def test_a_bad_timeout_fails_at_construction(timeout: object) -> None:
-    with pytest.raises(LiteConfigurationError, match="timeout"):
-        Lite(strategy="ddp", accelerator="cpu", devices=2, timeout=timeout)  # type: ignore[arg-type]
+@pytest.mark.parametrize("timeout", [-3, 0, "soon", float("nan"), float("inf"), True, timedelta(0)])
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_bad_timeout_fails_at_construction(timeout: object, devices: int) -> None:
+    # In one process too, where the timeout is not used: the same script may run on two next.
+    with pytest.raises(LiteConfigurationError) as caught:
+        Lite(accelerator="cpu", devices=devices, timeout=timeout)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith(f"LightningLite(timeout={timeout!r}) cannot run here")
+    assert "positive number of seconds or a datetime.timedelta" in message and "timeout=3600" in message
 
 
 def test_timeout_with_a_strategy_object_says_where_it_goes() -> None:

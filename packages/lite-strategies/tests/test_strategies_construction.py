@@ -49,7 +49,13 @@ def test_single_process_strategies_take_no_backend_kwargs() -> None:
         (DDPStrategy, {"devices": []}, "non-empty sequence"),
         (DDPStrategy, {"devices": [torch.device("cuda", 0)]}, "do not belong to accelerator 'cpu'"),
         (DDPStrategy, {"accelerator": "xla"}, "cannot run on accelerator 'xla'"),
-        (DDPStrategy, {"timeout": -1}, "timeout must be a positive"),
+        (
+            DDPStrategy,
+            {"timeout": -1},
+            r"timeout=-1: must be a positive number .*DDPStrategy\(timeout=3600\)",
+        ),
+        (DDPStrategy, {"timeout": float("inf")}, "timeout=inf: must be a positive"),
+        (DDPStrategy, {"timeout": "1h"}, "timeout='1h': must be a positive"),
         (DDPStrategy, {"accelerator": "quantum"}, "quantum"),
     ],
 )

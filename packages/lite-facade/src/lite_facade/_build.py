@@ -5,8 +5,29 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from lite_facade._resolve import Plan
+from lite_facade._resolve import LiteConfigurationError, Plan
 from lite_strategies import Strategy, StrategyError, get_strategy_spec
+
+
+def check_timeout(timeout: object) -> None:
+    """Raise LiteConfigurationError unless ``timeout`` is None, a positive number of seconds or timedelta.
+
+    Checked for every strategy, the ones in a single process too (they ignore it): a bad value is
+    a mistake wherever the script runs next.
+    """
+    if timeout is None:
+        return
+    seconds: float | None = None
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    if seconds is None or not (0 < seconds < timedelta.max.total_seconds()):
+        raise LiteConfigurationError(
+            f"LightningLite(timeout={timeout!r}) cannot run here:\n  - timeout={timeout!r}: must be a "
+            "positive number of seconds or a datetime.timedelta, e.g. timeout=3600; None (the default) "
+            "keeps the strategy's own, 30 minutes"
+        )
 
 
 def build_strategy(plan: Plan, *, timeout: float | timedelta | None = None) -> Strategy:

@@ -28,7 +28,7 @@ from lite_data import (
     record_dataloader_arguments,
     worker_init_function,
 )
-from lite_facade._build import build_strategy
+from lite_facade._build import build_strategy, check_timeout
 from lite_facade._cli import effective_flags
 from lite_facade._lite_checkpoints import CheckpointMethods
 from lite_facade._lite_collectives import CollectiveMethods
@@ -103,6 +103,7 @@ class LightningLite(StepMethods, CollectiveMethods, LoggingMethods, CheckpointMe
         loggers: Any = None,
         timeout: float | timedelta | None = None,
     ) -> None:
+        check_timeout(timeout)
         # Flags left at their defaults take the values `lite run` set (LITE_* environment variables).
         flags = effective_flags(
             accelerator=accelerator,

@@ -48,11 +48,18 @@ class ParallelStrategy(Strategy):
                 f"process_group_backend must be a string like 'gloo' or 'nccl', got {backend!r}"
             )
         self._process_group_backend: str | None = backend
-        timeout = self._backend_kwargs.pop("timeout", timedelta(minutes=30))
-        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-            timeout = timedelta(seconds=timeout)
+        given = self._backend_kwargs.pop("timeout", timedelta(minutes=30))
+        timeout = given
+        if isinstance(given, (int, float)) and not isinstance(given, bool):
+            try:
+                timeout = timedelta(seconds=given)
+            except (OverflowError, ValueError):  # inf, nan
+                timeout = None
         if not isinstance(timeout, timedelta) or timeout.total_seconds() <= 0:
-            raise StrategyError(f"timeout must be a positive timedelta or number of seconds, got {timeout!r}")
+            raise StrategyError(
+                f"timeout={given!r}: must be a positive number of seconds or a datetime.timedelta, e.g. "
+                f"{type(self).__name__}(timeout=3600); the default is 30 minutes"
+            )
         self._timeout = timeout
         self._owns_process_group = False
         # Wrappers this strategy built: destroying the process group under a live DDP module
