@@ -131,6 +131,19 @@ def test_backward_passes_extra_arguments_on() -> None:
     lite().run(body)
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # the plain path and the precision's
+def test_backward_of_a_number_says_to_pass_the_tensor(precision: str) -> None:
+    def body(self: Lite) -> None:
+        model = self.setup(nn.Linear(2, 1))
+        loss = model(torch.ones(1, 2)).sum()
+        with pytest.raises(
+            TypeError, match=r"backward\(\) takes the loss as a tensor, got float.*loss\.item\(\)"
+        ):
+            self.backward(loss.item())
+
+    lite(precision=precision).run(body)
+
+
 def test_hooks_on_the_set_up_model_still_run() -> None:
     seen: list[str] = []
 

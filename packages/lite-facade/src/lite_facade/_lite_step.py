@@ -36,6 +36,11 @@ class StepMethods:
         self, tensor: torch.Tensor, *args: Any, model: nn.Module | None = None, **kwargs: Any
     ) -> None:
         """Use instead of ``loss.backward()``; extra arguments (``retain_graph``, ``inputs``, ...) pass on."""
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(
+                f"backward() takes the loss as a tensor, got {type(tensor).__name__}: a Python number "
+                "(e.g. from loss.item()) has no graph to go back through; pass the tensor itself."
+            )
         if self._plain_backward:  # neither the strategy nor the precision adds anything
             tensor.backward(*args, **kwargs)
             return
