@@ -204,6 +204,54 @@ def test_bad_arguments_are_refused_before_launching(
     assert "--node-rank 2: expected 0 to 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--strategy", "dpp"],
+            "--strategy 'dpp': unknown strategy 'dpp'; accepted names: data_parallel, ddp,",
+        ),
+        (
+            ["--precision", "17"],
+            "--precision '17': precision='17' is not a precision lite knows; expected one of",
+        ),
+        (
+            ["--accelerator", "quantum"],
+            "--accelerator 'quantum': accelerator='quantum' is not a known accelerator",
+        ),
+        (["--main-port", "99999"], "--main-port 99999: expected a TCP port, 1 to 65535"),
+    ],
+)
+def test_unknown_names_are_refused_before_any_process_starts(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "train.py"
+    script.write_text("raise SystemExit('started')\n")
+    with pytest.raises(SystemExit) as info:
+        main(["run", *flags, str(script)])
+    assert info.value.code == 2  # argparse's usage error, before torchrun is called
+    assert message in capsys.readouterr().err
+
+
+def test_known_spellings_pass_the_check() -> None:
+    from lite_facade._cli import _check_names, _parser
+
+    parser = _parser()
+    for flags in (
+        ["--strategy", "DDP", "--precision", "bf16", "--accelerator", "CPU"],
+        ["--strategy", "ddp_notebook", "--precision", "16-mixed", "--accelerator", "auto"],
+        [
+            "--precision",
+            "32",
+            "--accelerator",
+            "gpu",
+            "--main-port",
+            "29500",
+        ],  # availability: each rank's to tell
+    ):
+        _check_names(parser.parse_args(["run", *flags, "x.py"]), parser)
+
+
 # -- the LITE_* variables, in this process -------------------------------------------------------
 
 

@@ -206,6 +206,34 @@ def torchrun_arguments(args: argparse.Namespace, nproc: int) -> list[str]:
     return [*argv, args.script, *args.script_args]
 
 
+def _check_names(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse an unknown accelerator, strategy or precision before any process starts.
+
+    Each started process would refuse it too, one traceback per rank; availability (a GPU, a
+    backend package) is left to them, since it is each machine's to tell.
+    """
+    from lite_devices import DeviceError, get_accelerator
+    from lite_precision import PrecisionError, canonical_precision
+    from lite_strategies import StrategyError, get_strategy_spec
+
+    checks: list[tuple[str, Any, type[Exception]]] = [
+        # "auto" is left out: finding the best one here would look for devices in the launcher
+        ("accelerator", lambda text: text.strip().lower() == "auto" or get_accelerator(text), DeviceError),
+        ("strategy", get_strategy_spec, StrategyError),
+        ("precision", lambda text: canonical_precision(_env_value("precision", text)), PrecisionError),
+    ]
+    for name, check, error in checks:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        try:
+            check(value)
+        except error as err:
+            parser.error(f"{_CLI_FLAG[name]} {value!r}: {err}")
+    if args.main_port is not None and not 1 <= args.main_port <= 65535:
+        parser.error(f"--main-port {args.main_port}: expected a TCP port, 1 to 65535")
+
+
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.num_nodes < 1:
         parser.error(f"--num-nodes {args.num_nodes}: expected at least 1")
@@ -215,6 +243,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     if not args.module and not os.path.isfile(args.script):
         parser.error(f"{args.script!r} is not a file; to run a module, pass -m {args.script}")
+    _check_names(args, parser)
     nproc = _process_count(args.devices, args.accelerator, parser)
     for name in ("accelerator", "strategy", "devices", "precision"):
         value = getattr(args, name)
