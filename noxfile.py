@@ -154,10 +154,14 @@ def tests(session: nox.Session, package: str) -> None:
 @nox.session(python=PYTHON)
 def integration(session: nox.Session) -> None:
     """The facade across every combination this machine can run."""
-    install_wheels(session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS, "tqdm")
+    # ipykernel and nbclient: test_notebook.py runs LightningLite in a real Jupyter kernel (no numpy)
+    install_wheels(
+        session, [*closure("lite-facade"), "lite-testing"], *TEST_TOOLS, "tqdm", "ipykernel", "nbclient"
+    )
     skip_backends = [f"--ignore-glob=*/test_{backend}_*.py" for backend in BACKENDS]  # their own sessions
     tests = ROOT / "integration_tests"
-    session.run("pytest", str(tests), *skip_backends, *session.posargs)  # without numpy
+    env = {"LITE_REQUIRE_NOTEBOOK": "1"}
+    session.run("pytest", str(tests), *skip_backends, *session.posargs, env=env)  # without numpy
     session.install("numpy", "scikit-learn")
     session.run("pytest", *(str(tests / t) for t in INTEGRATION_NUMPY_TESTS), *session.posargs)
 
