@@ -152,11 +152,17 @@ def _run(watch: Watch | None, op: str, group: Any, start: Callable[[], Any]) -> 
             raise exc
 
 
-def _all_gather_into(watch: Watch | None, op: str, tensor: torch.Tensor, group: Any) -> torch.Tensor:
-    """``(world_size, *tensor.shape)``: every rank's ``tensor``, in one backend collective."""
+def _all_gather_into(
+    watch: Watch | None, op: str, tensor: torch.Tensor, group: Any, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(world_size, *tensor.shape)``: every rank's ``tensor``, in one backend collective.
+
+    ``out`` (flat, ``world_size * tensor.numel()`` elements) receives it instead of a new tensor.
+    """
     size = watch.size if watch is not None else _size(group)
     flat = tensor.reshape(-1)
-    out = flat.new_empty(size * flat.numel())
+    if out is None:
+        out = flat.new_empty(size * flat.numel())
     _run(watch, op, group, lambda: _ALL_GATHER_SINGLE(out, flat, group=group, async_op=True))
     return out.view(size, *tensor.shape)
 
@@ -209,41 +215,33 @@ def _gather_checked(
     encoding = encode_meta(tensors)
     inline = inline and fits_header(tensors)
     device = tensors[0].device if inline else _default_device(group)
-    buffers = _take_header_buffers(group, watch) if device.type == "cpu" else None
-    if buffers is None:
-        header = build_header(encoding, tensors, inline, device)
-        return _read_gathered(
-            _all_gather_into(watch, "all_gather", header, group), encoding, tensors, inline, group, watch
-        )
+    buffers = _take_header_buffers(group) if device.type == "cpu" else None
     try:
-        header = build_header(encoding, tensors, inline, device, into=buffers.mine)
-        gathered = buffers.gathered
-        _run(
-            watch,
-            "all_gather",
-            group,
-            lambda: _ALL_GATHER_SINGLE(gathered, header, group=group, async_op=True),
+        header = build_header(encoding, tensors, inline, device, into=buffers.mine if buffers else None)
+        gathered = _all_gather_into(
+            watch, "all_gather", header, group, out=buffers.gathered if buffers else None
         )
     except BaseException:
-        buffers.discard()  # the backend may still write into it: never hand it out again
+        if buffers is not None:
+            buffers.discard()  # the backend may still write into it: never hand it out again
         raise
     try:
         return _read_gathered(gathered, encoding, tensors, inline, group, watch)
     finally:
-        buffers.give_back()
+        if buffers is not None:
+            buffers.give_back()
 
 
 # Each process group's reusable header buffers; an entry goes with its group.
 _header_buffers: weakref.WeakKeyDictionary[Any, HeaderBuffers] = weakref.WeakKeyDictionary()
 
 
-def _take_header_buffers(group: Any, watch: Watch | None) -> HeaderBuffers | None:
+def _take_header_buffers(group: Any) -> HeaderBuffers | None:
     """``group``'s reusable header buffers, or None while another call (another thread) holds them."""
     pg = dist.group.WORLD if group is None else group
     buffers = _header_buffers.get(pg)
     if buffers is None or not buffers.usable:
-        size = watch.size if watch is not None else _size(group)
-        buffers = _header_buffers[pg] = HeaderBuffers(size)
+        buffers = _header_buffers[pg] = HeaderBuffers(_size(group))
     return buffers if buffers.take() else None
 
 

@@ -167,9 +167,7 @@ def build_header(
     bytes past the inlined data are left as they were (every rank reads only what the signature
     describes).
     """
-    header = (
-        into if into is not None and device.type == "cpu" else torch.zeros(HEADER_BYTES, dtype=torch.uint8)
-    )
+    header = into if into is not None else torch.zeros(HEADER_BYTES, dtype=torch.uint8)
     base = header.data_ptr()
     ctypes.memmove(base, struct.pack(_HEAD_FORMAT, *signature(encoding), int(inline)), _HEAD_BYTES)
     on_host = device.type == "cpu"
